@@ -1,0 +1,4 @@
+from proxy_bundle.cli import main
+
+if __name__ == "__main__":
+    main()
