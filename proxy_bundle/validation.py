@@ -118,7 +118,9 @@ def _check_entries(
         raise InputError(f"'{section}' must be a list of entries, got {type(entries).__name__}", where=where)
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            raise InputError(f"{section}[{i}] must be an object with an 'image' key, got {type(entry).__name__}", where=where)
+            raise InputError(
+                f"{section}[{i}] must be an object with an 'image' key, got {type(entry).__name__}", where=where
+            )
         if "image" not in entry:
             raise InputError(f"{section}[{i}] is missing key 'image'", where=where)
         if _entry_files(entry["image"]) is None:
@@ -194,11 +196,13 @@ def load_datalist(
 
     Format: ``{"training": [{"image": ..., "label": ..., "fold": k}, ...], "testing": [{"image": ...}, ...]}``
     with paths relative to ``dataroot`` (default: the datalist's folder). ``image`` may also be a
-    list of paths (one per channel). Other top-level keys (``name``, ``site``, ...) are allowed.
+    list of paths (one per channel). A ``validation`` list (MONAI bundle datalists) is checked like
+    ``training`` but has no folds. Other top-level keys (``name``, ``site``, ...) are allowed.
 
     Checks: JSON syntax; a ``training`` list (or, with ``require_training=False``, at least one of
-    ``training`` / ``testing``); ``image`` on every entry, ``label`` on every training entry when
-    ``require_labels``; no image listed twice (within or across sections); ``fold`` on all training
+    ``training`` / ``validation`` / ``testing``); ``image`` on every entry, ``label`` on every
+    training/validation entry when ``require_labels``; no image listed twice (within or across
+    sections, so no case leaks between training and validation/testing); ``fold`` on all training
     entries or none (all when ``require_folds``), and the fold ids exactly ``0..K-1``; every listed
     file exists (when ``check_files``). Image contents are not read: see :func:`check_case`.
 
@@ -214,7 +218,7 @@ def load_datalist(
     if not isinstance(data, dict):
         raise InputError(f"a datalist must be a JSON object, got {type(data).__name__}", where=where)
     root = Path(dataroot) if dataroot is not None else p.parent
-    if dataroot is not None and not Path(dataroot).is_dir():
+    if check_files and dataroot is not None and not Path(dataroot).is_dir():
         raise InputError("dataroot is not a directory", where=str(dataroot))
 
     sections: list[tuple[str, list[dict]]] = []
@@ -225,11 +229,14 @@ def load_datalist(
         sections.append(("training", data["training"]))
     elif require_training:
         raise InputError("missing key 'training'", where=where)
+    if "validation" in data:
+        _check_entries(data["validation"], "validation", where, require_label=require_labels)
+        sections.append(("validation", data["validation"]))
     if "testing" in data:
         _check_entries(data["testing"], "testing", where, require_label=False)
         sections.append(("testing", data["testing"]))
     if not sections:
-        raise InputError("missing key 'training' or 'testing'", where=where)
+        raise InputError("missing key 'training', 'validation' or 'testing'", where=where)
 
     _check_duplicates(sections, root, where)
     if "training" in data:
@@ -531,7 +538,8 @@ def validate(
 
     Args:
         datalist: path to the datalist JSON or the Decathlon dataset.json.
-        dataroot: folder the datalist paths are relative to (default: the datalist's folder).
+        dataroot: folder the datalist paths are relative to (default: the datalist's folder);
+            a dataset.json's paths are always relative to its own folder.
         labels: allowed label values, e.g. ``--labels=0,1,2`` (background 0 is always allowed).
             Default: the ``labels`` of a dataset.json, or of a ``dataset.json`` next to the datalist
             in DATAROOT; without either, only integer-valued labels are required.
@@ -552,9 +560,11 @@ def validate(
             labels, labels_source = declared_labels(ds), path.name
         channels = len(ds["modality"])
     else:
-        dl = load_datalist(path, dataroot, require_labels=True, require_training="training" in data or "testing" not in data)
+        # A list with only "testing" (an external evaluation set) is a valid input on its own.
+        other_only = isinstance(data, dict) and "training" not in data and bool({"validation", "testing"} & set(data))
+        dl = load_datalist(path, dataroot, require_labels=True, require_training=not other_only)
         root = Path(dataroot) if dataroot is not None else path.parent
-        sections = [(s, dl[s]) for s in ("training", "testing") if s in dl]
+        sections = [(s, dl[s]) for s in ("training", "validation", "testing") if s in dl]
         sibling = root / "dataset.json"
         if labels is None and sibling.is_file():
             ds = read_json(sibling)

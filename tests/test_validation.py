@@ -181,7 +181,8 @@ def test_missing_image_file_in_check_case(tmp_path):
 
 def test_duplicate_entries(tmp_path):
     # The same file spelled differently ("./x" vs "x") is still a duplicate.
-    dl = _edit(_dataset(tmp_path), lambda d: d["training"].append(dict(d["training"][0], image="./imagesTr/case_000.nii.gz")))
+    again = {"image": "./imagesTr/case_000.nii.gz", "label": "labelsTr/case_001.nii.gz", "fold": 1}
+    dl = _edit(_dataset(tmp_path), lambda d: d["training"].append(again))
     with pytest.raises(InputError, match=r"duplicate entry: training\[4\] and training\[0\]"):
         load_datalist(dl)
 
@@ -376,7 +377,8 @@ def test_validate_decathlon_and_testing_only_lists(tmp_path, capsys):
     validate(str(tmp_path / "dataset.json"))
     assert capsys.readouterr().out.startswith("ok: 4 cases")
     ext = tmp_path / "external.json"
-    ext.write_text(json.dumps({"name": "x", "site": "y", "testing": [{"image": "imagesTr/case_000.nii.gz", "label": "labelsTr/case_000.nii.gz"}]}))
+    entry = {"image": "imagesTr/case_000.nii.gz", "label": "labelsTr/case_000.nii.gz"}
+    ext.write_text(json.dumps({"name": "x", "site": "y", "testing": [entry]}))
     validate(str(ext))
     assert capsys.readouterr().out.startswith("ok: 1 cases (1 testing; 1 labelled)")
 
@@ -422,3 +424,37 @@ def test_cli_json_syntax_error(tmp_path):
     assert "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {p}: invalid JSON at line 1:15")
+
+
+def test_multichannel_entries(tmp_path, capsys):
+    # Auto3DSeg allows one file per channel; each must be 3D and share the first channel's geometry.
+    for c in ("t2", "adc"):
+        _save(tmp_path / f"{c}.nii.gz", _image())
+    _save(tmp_path / "lab.nii.gz", _label())
+    entry = {"image": ["t2.nii.gz", "adc.nii.gz"], "label": "lab.nii.gz"}
+    dl = tmp_path / "datalist.json"
+    dl.write_text(json.dumps({"training": [entry]}))
+    validate(str(dl))
+    assert capsys.readouterr().out.startswith("ok: 1 cases")
+    info = check_case([tmp_path / "t2.nii.gz", tmp_path / "adc.nii.gz"], tmp_path / "lab.nii.gz")
+    assert info.channels == 2 and info.case == "t2.nii.gz"
+    _save(tmp_path / "adc.nii.gz", _image(shape=(8, 8, 7)))
+    with pytest.raises(InputError, match=r"^t2\.nii\.gz: channel file adc\.nii\.gz does not match"):
+        validate(str(dl))
+
+
+def test_validation_section_is_checked(tmp_path):
+    dl = _dataset(tmp_path)
+    _edit(dl, lambda d: d.update(validation=[{"image": "imagesTr/case_001.nii.gz", "label": "labelsTr/case_001.nii.gz"}]))
+    with pytest.raises(InputError, match=r"duplicate entry: validation\[0\] and training\[1\]"):
+        load_datalist(dl)
+    _edit(dl, lambda d: d.update(validation=[d["training"].pop(1)]) or d["validation"][0].pop("label"))
+    with pytest.raises(InputError, match=r"validation\[0\] is missing key 'label'"):
+        load_datalist(dl)
+
+
+def test_validate_rejects_non_object_json(tmp_path):
+    p = tmp_path / "datalist.json"
+    p.write_text("[1, 2]")
+    with pytest.raises(InputError, match="a datalist must be a JSON object, got list"):
+        validate(str(p))
