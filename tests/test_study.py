@@ -1,0 +1,101 @@
+"""Study: rank-agreement metrics, replayed searches, plan, resumable store, and a tiny end-to-end study."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from proxy_bundle.errors import InputError
+from proxy_bundle.study import agreement as ag
+from proxy_bundle.study import search
+from proxy_bundle.study.plan import build_variants, sample_configs, short_epochs
+from proxy_bundle.study.store import RunStore
+
+P = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}
+R = {"a": 1.0, "b": 3.0, "c": 2.0, "d": 4.0}
+
+
+def test_kendall_spearman_hand_computed():
+    # 5 concordant, 1 discordant pair (b, c): tau = (5 - 1) / 6; rank differences 0,1,1,0: rho = 1 - 6*2/(4*15)
+    assert ag.kendall(P, R) == pytest.approx(4 / 6)
+    assert ag.spearman(P, R) == pytest.approx(0.8)
+    assert ag.kendall(P, {k: -v for k, v in P.items()}) == pytest.approx(-1.0)
+
+
+def test_agreement_ignores_missing_and_nan_and_constant():
+    proxy = dict(P, e=math.nan, f=9.0)  # e is NaN, f has no reference
+    assert ag.kendall(proxy, R) == pytest.approx(4 / 6)
+    assert ag.paired(proxy, R)[0] == ["a", "b", "c", "d"]
+    assert math.isnan(ag.kendall({k: 0.5 for k in P}, R))  # a constant proxy ranks nothing
+    assert math.isnan(ag.spearman({"a": 1, "b": 2}, {"a": 1, "b": 2}))  # too few pairs
+
+
+def test_top_k_overlap():
+    assert ag.top_k_overlap(P, R, 2) == pytest.approx(0.5)  # {d, c} vs {d, b}
+    assert ag.top_k_overlap(P, R, 1) == pytest.approx(1.0)
+    assert ag.top_k_overlap(P, R, 10) == pytest.approx(1.0)  # k clipped to the number of configs
+
+
+def test_regret():
+    assert ag.regret(P, R) == 0.0
+    assert ag.regret({"a": 4, "b": 1, "c": 2, "d": 3}, R) == pytest.approx(3.0)
+    # proxy ties between a and b: expected regret over the tie = 0.9 - mean(0.5, 0.9)
+    assert ag.regret({"a": 1, "b": 1, "c": 0}, {"a": 0.5, "b": 0.9, "c": 0.2}) == pytest.approx(0.2)
+    out = ag.agreement(P, R, k=2)
+    assert out["n"] == 4 and out["top2_overlap"] == pytest.approx(0.5)
+
+
+def test_two_phase_search_replay():
+    ref = {"a": 0.5, "b": 0.9, "c": 0.2, "d": 0.7}
+    ref_cost = {k: 10.0 for k in ref}
+    proxy = {"a": 0.3, "b": 0.2, "c": 0.1, "d": 0.4}
+    proxy_cost = {k: 2.0 for k in ref}
+    k1 = search.two_phase(proxy, proxy_cost, ref, ref_cost, 1)
+    assert (k1.chosen, k1.cost_s) == ("d", 18.0)
+    assert k1.regret == pytest.approx(0.2) and k1.speedup == pytest.approx(40 / 18)
+    eq = search.speedup_at_equal_regret(proxy, proxy_cost, ref, ref_cost)
+    assert (eq.top_k, eq.chosen, eq.regret) == (3, "b", 0.0)
+    assert eq.speedup == pytest.approx(40 / 38)
+    assert search.speedup_at_equal_regret(proxy, proxy_cost, ref, ref_cost, tolerance=0.25).top_k == 1
+    curve = search.random_search_curve(ref, ref_cost)
+    assert [c["n"] for c in curve] == [1, 2, 3, 4]
+    assert curve[0]["expected_regret"] == pytest.approx(0.9 - 0.575)
+    assert curve[1]["expected_regret"] == pytest.approx(0.9 - 4.6 / 6)
+    assert curve[3]["expected_regret"] == pytest.approx(0.0) and curve[3]["cost_s"] == 40.0
+
+
+def test_plan_variants_and_determinism():
+    vs = build_variants(epochs=8, fraction=0.25)
+    names = [v.name for v in vs]
+    assert names[0] == "reference" and "network" in names and "both" in names and "short" in names
+    assert sum(v.family == "data" for v in vs) == 6 and sum(v.family == "random" for v in vs) == 3
+    assert {v.name: v.epochs for v in vs}["short"] == 2 == short_epochs(8, 0.25)
+    only = build_variants(epochs=2, fraction=0.5, include=["network", "random"])
+    assert [v.family for v in only] == ["reference", "network", "random", "random", "random"]
+    with pytest.raises(InputError, match="unknown variant"):
+        build_variants(epochs=2, fraction=0.5, include=["nope"])
+    with pytest.raises(InputError, match="fraction"):
+        build_variants(epochs=2, fraction=1.5)
+
+    def suggest(trial):
+        return {"learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-1, log=True),
+                "augment#prob_flip": trial.suggest_float("augment#prob_flip", 0.0, 0.5)}
+
+    a, b, c = sample_configs(suggest, 5, seed=3), sample_configs(suggest, 5, seed=3), sample_configs(suggest, 5, seed=4)
+    assert a == b and a != c and [x.id for x in a] == ["c00", "c01", "c02", "c03", "c04"]
+    assert len({x.params["learning_rate"] for x in a}) == 5
+
+
+def test_store_resume(tmp_path):
+    store = RunStore(tmp_path / "runs")
+    spec = {"epochs": 2, "params": {"learning_rate": 0.01}}
+    assert store.get("c00", "reference", spec) is None
+    store.put("c00", "reference", spec, {"status": "ok", "val_dice": 0.5})
+    assert store.get("c00", "reference", spec)["val_dice"] == 0.5
+    assert store.get("c00", "reference", dict(spec, epochs=3)) is None  # another study's spec is not reused
+    store.path("c01", "reference").write_text("{half a fi")  # an interrupted foreign write is ignored
+    assert store.get("c01", "reference") is None
+    assert [r["config_id"] for r in store.records()] == ["c00"]
+    assert json.loads(store.path("c00", "reference").read_text())["spec"] == spec
