@@ -17,6 +17,7 @@ from proxy_bundle.errors import ProxyBundleError
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantoms": ("proxy_bundle.phantoms.generate:phantoms", "Generate a multi-site phantom dataset (MSD layout)."),
     "validate": ("proxy_bundle.validation:validate", "Check a datalist/dataset.json and its NIfTI files."),
+    "scale": ("proxy_bundle.networks.command:scale", "Tabulate measured cost of proxy networks; pick one under a budget."),
 }
 
 
