@@ -1,0 +1,371 @@
+"""Train proxyseg: ``python train.py run --config_file=<configs> [--key=value --key#sub=value ...]``.
+
+After every validation the run rewrites ``<ckpt_path>/progress.yaml`` (one entry per validation: epoch,
+avg_dice_score, best_avg_dice_score, best_epoch, elapsed_s), keeps the best weights in ``model.pt`` and a resumable
+``last.pt``, and logs to TensorBoard under ``ckpt_path``. ``timing.yaml`` records the fixed start-up cost
+(process start, imports, data ready, first training step) that trial-overhead benchmarks read.
+Launched by ``BundleAlgo.train`` as a plain process (CPU / one GPU) or under torchrun (several GPUs).
+"""
+
+from __future__ import annotations
+
+import time
+
+_T_SCRIPT = time.time()  # before the heavy imports: start-up cost is part of every trial's fixed overhead
+
+import importlib.util  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from typing import Any, Sequence  # noqa: E402
+
+logger = logging.getLogger("proxyseg.train")
+
+
+def _process_start_time() -> float:
+    """Wall-clock start of this process (interpreter start-up included) from /proc; script start elsewhere."""
+    try:
+        with open("/proc/self/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])
+        with open("/proc/stat") as fh:
+            btime = next(int(line.split()[1]) for line in fh if line.startswith("btime"))
+        return btime + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _T_SCRIPT
+
+
+def load_pipeline():
+    """Import the sibling ``pipeline.py`` by path, under a name unique to this folder."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    name = "proxyseg_pipeline_" + str(abs(hash(here)))
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(here, "pipeline.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _atomic_save(obj: Any, path: str) -> None:
+    import torch
+
+    from proxy_bundle.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _write_yaml(path: str, obj: Any) -> None:
+    from proxy_bundle.atomic import write_yaml
+
+    write_yaml(path, obj)
+
+
+class _Dist:
+    """Rank bookkeeping; initialises torch.distributed only when torchrun started several processes."""
+
+    def __init__(self) -> None:
+        import torch
+        import torch.distributed as dist
+
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.rank = int(os.environ.get("RANK", 0))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(self.local_rank)
+            self.device = torch.device("cuda", self.local_rank)
+        else:
+            self.device = torch.device("cpu")
+        self.enabled = self.world_size > 1
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo", init_method="env://")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _signature(cfg: dict, pl) -> str:
+    """Identity of a run for resuming: everything that shapes training except its length and output places."""
+    skip = {"num_epochs", "resume", "ckpt_path", "bundle_root", "cache_dir", "num_workers", "infer"}
+    return pl.preprocessing_hash({k: v for k, v in cfg.items() if k not in skip})
+
+
+def _make_loaders(cfg: dict, pl, dist_info: _Dist, train_items: list, val_items: list):
+    import torch
+    from monai.data import DataLoader, DistributedSampler, PersistentDataset
+    from monai.transforms import Compose
+
+    prep = pl.preprocessing(cfg)
+    cache_dir = os.path.join(str(cfg["cache_dir"]), pl.preprocessing_hash(prep))
+    os.makedirs(cache_dir, exist_ok=True)
+    # PersistentDataset writes each case to a temp dir and then moves it into place; a temp dir on the cache's own
+    # file system makes that move an atomic rename, so concurrent trials never read half a file.
+    tmp_dir = os.path.join(cache_dir, ".tmp")
+    os.makedirs(tmp_dir, exist_ok=True)
+    import tempfile
+
+    tempfile.tempdir = tmp_dir
+
+    det = pl.deterministic_transforms(prep)
+    train_ds = PersistentDataset(
+        data=train_items, transform=Compose(det + pl.train_random_transforms(cfg)), cache_dir=cache_dir
+    )
+    val_ds = PersistentDataset(data=val_items, transform=Compose(det), cache_dir=cache_dir)
+
+    workers = max(0, min(int(cfg["num_workers"]), os.cpu_count() or 1))
+    train_sampler = DistributedSampler(train_ds, shuffle=True) if dist_info.enabled else None
+    val_sampler = DistributedSampler(val_ds, shuffle=False, even_divisible=False) if dist_info.enabled else None
+    generator = torch.Generator()
+    generator.manual_seed(int(cfg["seed"]) + dist_info.rank)
+    common = {"num_workers": workers, "pin_memory": dist_info.device.type == "cuda", "persistent_workers": workers > 0}
+    train_loader = DataLoader(
+        train_ds,
+        batch_size=int(cfg["batch_size"]),
+        shuffle=train_sampler is None,
+        sampler=train_sampler,
+        generator=generator,
+        drop_last=False,
+        **common,
+    )
+    val_loader = DataLoader(val_ds, batch_size=1, shuffle=False, sampler=val_sampler, **common)
+    return train_loader, val_loader, train_sampler, cache_dir
+
+
+def _validate(model, loader, cfg: dict, device, use_amp: bool) -> float:
+    """Mean Dice over foreground classes and validation cases (sliding window at the training ROI)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    n_classes = int(cfg["output_classes"])
+    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            image = batch["image"].to(device)
+            label = batch["label"].to(device)
+            with torch.autocast(device_type=device.type, enabled=use_amp):
+                logits = sliding_window_inference(
+                    image,
+                    roi_size=[int(r) for r in cfg["roi_size"]],
+                    sw_batch_size=int(cfg["sw_batch_size"]),
+                    predictor=model,
+                    overlap=float(cfg["sw_overlap"]),
+                    mode="gaussian",
+                )
+            pred = one_hot(torch.argmax(logits.float(), dim=1, keepdim=True), num_classes=n_classes)
+            metric(y_pred=pred, y=one_hot(label.long(), num_classes=n_classes))
+    per_class = metric.aggregate()  # syncs across ranks when distributed
+    metric.reset()
+    per_class = per_class[~torch.isnan(per_class)]
+    return float(per_class.mean()) if per_class.numel() else 0.0
+
+
+def run(config_file: str | Sequence[str], **override: Any) -> None:
+    """Train one fold with the given configs and ``key=value`` / ``key#sub=value`` overrides."""
+    import torch
+
+    pl = load_pipeline()
+    t_imports = time.time()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s proxyseg %(levelname)s %(message)s")
+
+    parser = pl.load_config(config_file, override)
+    cfg = pl.settings(parser)
+    dist_info = _Dist()
+    device = dist_info.device
+    ckpt_path = str(cfg["ckpt_path"])
+    if dist_info.main:
+        os.makedirs(ckpt_path, exist_ok=True)
+
+    from monai.utils import set_determinism
+
+    seed = int(cfg["seed"]) + dist_info.rank
+    set_determinism(seed=seed, use_deterministic_algorithms=None)
+    if cfg.get("deterministic"):
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+    train_items, val_items = pl.split_datalists(cfg)
+    net_name, net_kwargs = pl.network_spec(cfg)
+    pl.check_roi(cfg["roi_size"], pl.network_levels(net_kwargs))
+    model = pl.build_network(net_name, net_kwargs).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    train_loader, val_loader, train_sampler, cache_dir = _make_loaders(cfg, pl, dist_info, train_items, val_items)
+
+    from monai.losses import DeepSupervisionLoss, DiceCELoss
+    from monai.optimizers import WarmupCosineSchedule
+
+    loss_fn = DiceCELoss(
+        to_onehot_y=True,
+        softmax=True,
+        lambda_dice=float(cfg["loss"]["dice_weight"]),
+        lambda_ce=float(cfg["loss"]["ce_weight"]),
+    )
+    if net_kwargs.get("dsdepth", 1) > 1:
+        loss_fn = DeepSupervisionLoss(loss_fn, weight_mode="exp")
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=float(cfg["learning_rate"]), weight_decay=float(cfg["weight_decay"])
+    )
+    num_epochs = int(cfg["num_epochs"])
+    scheduler = WarmupCosineSchedule(
+        optimizer, warmup_steps=int(cfg.get("num_warmup_epochs", 0)), t_total=max(num_epochs, 1), warmup_multiplier=0.1
+    )
+    use_amp = bool(cfg["amp"]) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    signature = _signature(cfg, pl)
+    last_file = os.path.join(ckpt_path, "last.pt")
+    history: list[dict] = []
+    best, best_epoch, start_epoch, elapsed_before = -1.0, -1, 0, 0.0
+    if cfg.get("resume", True) and os.path.isfile(last_file):
+        state = torch.load(last_file, map_location=device, weights_only=False)
+        if state.get("signature") == signature:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            history = list(state["history"])
+            best, best_epoch = float(state["best"]), int(state["best_epoch"])
+            start_epoch, elapsed_before = int(state["epoch"]), float(state["elapsed_s"])
+            if dist_info.main:
+                logger.info("resuming %s at epoch %d (best %.4f at %d)", ckpt_path, start_epoch, best, best_epoch)
+        elif dist_info.main:
+            logger.info("%s belongs to a different run; starting afresh", last_file)
+
+    if dist_info.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    raw_model = model.module if dist_info.enabled else model
+
+    writer = None
+    if dist_info.main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=ckpt_path)
+        logger.info(
+            "%s %s: %d parameters, %d training / %d validation cases, proxy=%s, cache %s",
+            ckpt_path,
+            net_name,
+            n_params,
+            len(train_items),
+            len(val_items),
+            bool((cfg.get("proxy") or {}).get("enabled")),
+            cache_dir,
+        )
+
+    timing = {
+        "process_start": _process_start_time(),
+        "script_start": _T_SCRIPT,
+        "imports_done": t_imports,
+        "data_ready": time.time(),
+        "first_step": None,
+        "end": None,
+        "epochs_run": 0,
+        "num_train_cases": len(train_items),
+        "num_val_cases": len(val_items),
+        "num_parameters": n_params,
+    }
+    t_run = time.time()
+    every = max(1, int(cfg["num_epochs_per_validation"]))
+    record = {
+        "name": net_name,
+        "kwargs": net_kwargs,
+        "preprocessing": pl.preprocessing(cfg),
+        "roi_size": [int(r) for r in cfg["roi_size"]],
+        "output_classes": int(cfg["output_classes"]),
+        "sw_batch_size": int(cfg["sw_batch_size"]),
+        "sw_overlap": float(cfg["sw_overlap"]),
+    }
+
+    for epoch in range(start_epoch, num_epochs):
+        if train_sampler is not None:
+            train_sampler.set_epoch(epoch)
+        model.train()
+        epoch_loss, steps = 0.0, 0
+        for batch in train_loader:
+            if timing["first_step"] is None:
+                timing["first_step"] = time.time()
+            image = batch["image"].to(device, non_blocking=True)
+            label = batch["label"].to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, enabled=use_amp):
+                loss = loss_fn(model(image), label)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            epoch_loss += float(loss.detach())
+            steps += 1
+        scheduler.step()
+        timing["epochs_run"] += 1
+        if writer is not None:
+            writer.add_scalar("train/loss", epoch_loss / max(steps, 1), epoch + 1)
+            writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], epoch + 1)
+
+        if (epoch + 1) % every and epoch + 1 != num_epochs:
+            continue
+        dice = _validate(model, val_loader, cfg, device, use_amp)
+        if not math.isfinite(dice):
+            dice = 0.0
+        elapsed = elapsed_before + time.time() - t_run
+        if dice > best:
+            best, best_epoch = dice, epoch + 1
+            if dist_info.main:
+                _atomic_save(
+                    {"state_dict": raw_model.state_dict(), "network": record, "epoch": epoch + 1, "best_metric": best},
+                    os.path.join(ckpt_path, "model.pt"),
+                )
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "avg_dice_score": round(dice, 6),
+                "best_avg_dice_score": round(best, 6),
+                "best_epoch": best_epoch,
+                "elapsed_s": round(elapsed, 3),
+            }
+        )
+        if dist_info.main:
+            _atomic_save(
+                {
+                    "model": raw_model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "history": history,
+                    "best": best,
+                    "best_epoch": best_epoch,
+                    "epoch": epoch + 1,
+                    "elapsed_s": elapsed,
+                    "signature": signature,
+                },
+                last_file,
+            )
+            # progress.yaml last: a reader that sees an entry can rely on model.pt / last.pt matching it.
+            _write_yaml(os.path.join(ckpt_path, "progress.yaml"), history)
+            writer.add_scalar("val/avg_dice", dice, epoch + 1)
+            logger.info("epoch %d/%d loss %.4f dice %.4f best %.4f (epoch %d)", epoch + 1, num_epochs,
+                        epoch_loss / max(steps, 1), dice, best, best_epoch)
+
+    timing["end"] = time.time()
+    if dist_info.main:
+        writer.close()
+        _write_yaml(os.path.join(ckpt_path, "timing.yaml"), timing)
+    dist_info.close()
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire({"run": run})
