@@ -1,0 +1,46 @@
+"""Voxel grids of the phantoms: shape, spacing, NIfTI affine and normalised anatomical coordinates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A 3D voxel grid in RAS+ orientation (axis 0 -> subject right, 1 -> anterior, 2 -> superior).
+
+    Anatomy is described in *normalised* coordinates: ``-1..1`` across the field of view on every
+    axis, independent of the voxel spacing. A case with finer spacing therefore has more voxels over
+    the same anatomy, as in real scans, and resampling to a common spacing recovers consistent organs.
+    """
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+
+    @classmethod
+    def from_fov(cls, fov_mm: tuple[float, float, float], spacing: tuple[float, float, float], min_slices: int = 8) -> Grid:
+        """The grid covering ``fov_mm`` at ``spacing`` (the slice axis keeps at least ``min_slices``)."""
+        shape = [max(8, int(round(f / s))) for f, s in zip(fov_mm, spacing)]
+        shape[2] = max(shape[2], min_slices)
+        return cls(shape=(shape[0], shape[1], shape[2]), spacing=tuple(float(s) for s in spacing))  # type: ignore[arg-type]
+
+    @property
+    def affine(self) -> np.ndarray:
+        """Voxel -> world (mm) matrix: spacing on the diagonal, origin so the grid centre is at 0."""
+        aff = np.eye(4)
+        for d in range(3):
+            aff[d, d] = self.spacing[d]
+            aff[d, 3] = -0.5 * (self.shape[d] - 1) * self.spacing[d]
+        return aff
+
+    def axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Normalised voxel-centre coordinates per axis (float32, -1..1 across the field of view)."""
+        return tuple(  # type: ignore[return-value]
+            ((np.arange(n, dtype=np.float32) + 0.5) / n * 2.0 - 1.0).astype(np.float32) for n in self.shape
+        )
+
+    def voxel_ml(self) -> float:
+        """Volume of one voxel in millilitres."""
+        return float(np.prod(self.spacing)) / 1000.0
