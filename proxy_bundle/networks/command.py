@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from proxy_bundle.errors import InputError
-from proxy_bundle.networks.cost import CostReport, evaluate_candidates, measure_cost, parse_roi
-from proxy_bundle.networks.scaling import MIN_CHANNELS, NETWORKS, ProxySpec, full_kwargs, num_levels, supports_blocks
 
-__all__ = ["scale", "format_table"]
+if TYPE_CHECKING:
+    from proxy_bundle.networks.cost import CostReport
+
+__all__ = ["NETWORK_NAMES", "scale", "format_table"]
+
+# Kept here, not imported from scaling, so that a mistyped name is reported before torch and MONAI load.
+NETWORK_NAMES = ("segresnet", "segresnetds", "unet", "dynunet")
 
 
 def _numbers(value: Any, where: str) -> list[float]:
@@ -121,10 +125,13 @@ def scale(
         metric: cost the budget applies to: flops or params.
     """
     name = str(network).lower()
-    if name not in NETWORKS:
-        raise InputError(f"unknown network {network!r}; choose from {', '.join(NETWORKS)}", where="network")
+    if name not in NETWORK_NAMES:
+        raise InputError(f"unknown network {network!r}; choose from {', '.join(NETWORK_NAMES)}", where="network")
     if metric not in ("flops", "params"):
         raise InputError(f"must be 'flops' or 'params', got {metric!r}", where="metric")
+    from proxy_bundle.networks.cost import default_candidates, evaluate_candidates, measure_cost, parse_roi
+    from proxy_bundle.networks.scaling import MIN_CHANNELS, NETWORKS, full_kwargs, num_levels, supports_blocks
+
     spatial_dims = _spatial_dims(roi)
     roi_t = parse_roi(roi, spatial_dims)
     base: dict[str, Any] = {"spatial_dims": spatial_dims, "in_channels": int(in_channels),
@@ -136,13 +143,9 @@ def scale(
     if not isinstance(budget, (int, float)) or budget <= 0:
         raise InputError(f"must be a positive fraction, got {budget!r}", where="budget")
 
-    full_levels = num_levels(name, base)
-    level_list = _levels(levels, full_levels)
-    if level_list is None:
-        level_list = [None] + ([full_levels - 1] if full_levels - 1 >= NETWORKS[name].min_levels else [])
-    block_list = _numbers(blocks, "blocks") if supports_blocks(name) else [1.0]
-    width_list = _numbers(widths, "widths")
-    specs = [ProxySpec(width=w, blocks=b, levels=lv) for lv in level_list for b in block_list for w in width_list]
+    level_list = _levels(levels, num_levels(name, base))
+    specs = default_candidates(name, base, widths=_numbers(widths, "widths"), blocks=_numbers(blocks, "blocks"),
+                               levels=level_list)
 
     full = measure_cost(name, base, roi_t)
     reports = evaluate_candidates(name, base, roi_t, specs, full=full)

@@ -28,7 +28,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from proxy_bundle.errors import InputError
 from proxy_bundle.networks.scaling import NETWORKS, ProxySpec, full_kwargs, scaled_kwargs, supports_blocks
 
-__all__ = ["CostReport", "default_candidates", "measure_cost", "parse_roi", "pick_proxy"]
+__all__ = [
+    "CostReport",
+    "StepCost",
+    "default_candidates",
+    "evaluate_candidates",
+    "measure_cost",
+    "measure_module",
+    "parse_roi",
+    "pick_proxy",
+]
 
 # Widths, block multipliers and level reductions tried by pick_proxy when no candidates are given.
 DEFAULT_WIDTHS: tuple[float, ...] = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125)
@@ -120,6 +129,51 @@ def _first_device(out: Any) -> torch.device:
     return torch.device("cpu")
 
 
+@dataclass(frozen=True)
+class StepCost:
+    """Measured cost of one training step of a module: what :func:`measure_module` returns."""
+
+    params: int
+    flops_forward: int
+    flops_backward: int
+    activation_bytes: int
+
+
+def measure_module(net: torch.nn.Module, input_shape: Sequence[int]) -> StepCost:
+    """Trace one training step of ``net`` on a zero input of ``input_shape`` (batch included).
+
+    The input lives on the device of the module's first parameter (``meta`` for a module built under
+    ``torch.device("meta")``) and does not require grad, as in training, so the first layer computes no input
+    gradient. RuntimeErrors from the network (typically an ROI that does not divide by its downsampling factor)
+    propagate to the caller.
+    """
+    first = next(iter(net.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    x = torch.zeros(tuple(int(s) for s in input_shape), device=device)
+    net.train()
+    param_keys = {_storage_key(p) for p in net.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(t)
+        if key not in param_keys:
+            saved[key] = max(saved.get(key, 0), t.untyped_storage().nbytes())
+        return t
+
+    forward, backward = FlopCounterMode(display=False), FlopCounterMode(display=False)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with forward:
+            loss = _sum_outputs(net(x))
+    with backward:
+        loss.backward()
+    return StepCost(
+        params=int(sum(p.numel() for p in net.parameters())),
+        flops_forward=int(forward.get_total_flops()),
+        flops_backward=int(backward.get_total_flops()),
+        activation_bytes=int(sum(saved.values())),
+    )
+
+
 def measure_cost(
     name: str,
     base_kwargs: Mapping[str, Any] | None,
@@ -137,40 +191,24 @@ def measure_cost(
             net = cls(**kwargs)
         except (TypeError, ValueError, AssertionError) as err:
             raise InputError(f"cannot build {name} with {kwargs}: {err}", where=f"{name} kwargs") from None
-        net.train()
-        x = torch.zeros((1, int(kwargs["in_channels"]), *roi_t))
-    params = sum(p.numel() for p in net.parameters())
-    param_keys = {_storage_key(p) for p in net.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        key = _storage_key(t)
-        if key not in param_keys:
-            saved[key] = max(saved.get(key, 0), t.untyped_storage().nbytes())
-        return t
-
-    forward, backward = FlopCounterMode(display=False), FlopCounterMode(display=False)
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            with forward:
-                loss = _sum_outputs(net(x))
-        with backward:
-            loss.backward()
-    except RuntimeError as err:
+        step = measure_module(net, (1, int(kwargs["in_channels"]), *roi_t))
+    except (RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(
             f"{name} ({spec.label()}) cannot run on ROI {roi_t}: {first} "
-            "(each ROI side must be divisible by the network's total downsampling factor)",
+            "(each ROI side must be divisible by the network's total downsampling factor and leave more than one "
+            "voxel at the coarsest level)",
             where="roi",
         ) from None
     return CostReport(
         network=name.lower(),
         spec=spec,
         roi=roi_t,
-        params=int(params),
-        flops_forward=int(forward.get_total_flops()),
-        flops_backward=int(backward.get_total_flops()),
-        activation_bytes=int(sum(saved.values())),
+        params=step.params,
+        flops_forward=step.flops_forward,
+        flops_backward=step.flops_backward,
+        activation_bytes=step.activation_bytes,
         kwargs=kwargs,
     )
 
@@ -187,9 +225,9 @@ def default_candidates(
     ``levels=None`` tries the full depth and one level less (where the network allows it). Networks without a
     per-level block count only get ``blocks=1``.
     """
-    family = NETWORKS[name.lower()] if name.lower() in NETWORKS else None
-    if family is None:
-        scaled_kwargs(name, base_kwargs, ProxySpec())  # raises the InputError naming the valid networks
+    if str(name).lower() not in NETWORKS:
+        raise InputError(f"unknown network {name!r}; choose from {', '.join(NETWORKS)}", where="network")
+    family = NETWORKS[name.lower()]
     full = family.levels(full_kwargs(name, base_kwargs))
     if levels is None:
         levels = [None] + ([full - 1] if full - 1 >= family.min_levels else [])
