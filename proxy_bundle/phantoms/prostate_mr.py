@@ -90,7 +90,7 @@ def _surroundings(cv: Canvas, rng: np.random.Generator, endorectal: bool) -> tup
         cv.paint(sl, lev < 1.0, BONE_CORTEX)
         cv.paint(sl, lev < 0.75, cv.texture(sl, MARROW, 0.08, 5))
     # Rectum (posterior): dark wall, content gas / fluid, or an air-filled endorectal balloon.
-    rc = (j(0.05), -0.6 + j())
+    rc = (j(0.05), -0.66 + j())
     axes = (0.32, 0.22, 10.0) if endorectal else (0.24, 0.18, 10.0)
     sl, lev = cv.level(Ellipsoid((rc[0], rc[1], 0.0), axes), rough=0.08)
     cv.paint(sl, lev < 1.0, 0.35)
@@ -109,16 +109,16 @@ def _surroundings(cv: Canvas, rng: np.random.Generator, endorectal: bool) -> tup
 
 
 def _prostate(cv: Canvas, rng: np.random.Generator, gland: float, tz_frac: float, pz_gap: float) -> np.ndarray:
-    a, b, c = 0.42 * gland, 0.32 * gland, 0.5 * min(gland, 1.15)
-    centre = (float(rng.normal(0, 0.04)), -0.08 + float(rng.normal(0, 0.03)), -0.1 + float(rng.normal(0, 0.05)))
+    a, b, c = 0.5 * gland, 0.38 * gland, 0.5 * min(gland, 1.15)
+    centre = (float(rng.normal(0, 0.04)), -0.04 + float(rng.normal(0, 0.03)), -0.1 + float(rng.normal(0, 0.05)))
     pr = Ellipsoid(centre, (a, b, c), angle=float(rng.normal(0, 0.1)), tilt=(0.0, float(rng.uniform(0.1, 0.35))))
     sl, lev = cv.level(pr, rough=0.06)
     gland_mask = lev < 1.0
     x, y, z = cv.coords(sl)
     # Transition zone: anterior-central, superior (absent at the apex), enlarged by BPH.
     tz = Ellipsoid(
-        (centre[0], centre[1] + 0.12 * b, centre[2] + 0.2 * c),
-        (0.62 * a * tz_frac, 0.55 * b * tz_frac, 0.72 * c * tz_frac),
+        (centre[0], centre[1] + 0.2 * b, centre[2] + 0.2 * c),
+        (0.58 * a * tz_frac, 0.5 * b * tz_frac, 0.72 * c * tz_frac),
         angle=pr.angle,
         tilt=pr.tilt,
     )

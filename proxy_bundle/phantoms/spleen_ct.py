@@ -167,8 +167,8 @@ def _viscera(cv: Canvas, rng: np.random.Generator, hu: dict[str, float]) -> None
 def _spleen(cv: Canvas, rng: np.random.Generator, hu: dict[str, float], scale: float):
     """Crescent along the left posterolateral wall, concave toward the hilum; painted last."""
     sp = Ellipsoid(
-        centre=(-0.47 + float(rng.normal(0, 0.03)), -0.2 + float(rng.normal(0, 0.03)), 0.15 + float(rng.normal(0, 0.05))),
-        axes=(0.34 * scale, 0.15 * scale, 0.5 * min(scale, 1.3)),
+        centre=(-0.45 + float(rng.normal(0, 0.03)), -0.18 + float(rng.normal(0, 0.03)), 0.15 + float(rng.normal(0, 0.05))),
+        axes=(0.38 * scale, 0.17 * scale, 0.55 * min(scale, 1.3)),
         angle=-0.87 + float(rng.normal(0, 0.15)),
         bend=float(rng.uniform(0.2, 0.5)),
         tilt=(float(rng.normal(0, 0.1)), float(rng.normal(0, 0.1))),

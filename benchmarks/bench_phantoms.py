@@ -1,0 +1,51 @@
+"""Phantom generation speed: both tasks at the default size (claim: 32 cases per task at 96^3 in < 20 s on 2 cores).
+
+Usage: python benchmarks/bench_phantoms.py [--num_cases 32] [--num_external 8] [--size 96] [--out DIR]
+Prints per-task timings and a one-line summary; exit code 1 when the total exceeds --budget seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from proxy_bundle.phantoms.generate import generate_dataset
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--num_cases", type=int, default=32)
+    ap.add_argument("--num_external", type=int, default=8)
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--budget", type=float, default=20.0, help="seconds allowed for both tasks together")
+    ap.add_argument("--out", default=None, help="keep the datasets here (default: a temporary directory)")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(args.out or tmp)
+        total, lines = 0.0, []
+        for task in ("spleen_ct", "prostate_mr"):
+            t0 = time.perf_counter()
+            root = generate_dataset(task, base / task, args.num_cases, args.num_external, args.size, args.seed)
+            dt = time.perf_counter() - t0
+            total += dt
+            meta = json.loads((root / "phantom_meta.json").read_text())
+            n = args.num_cases + args.num_external
+            voxels = sum(int(c["shape"][0] * c["shape"][1] * c["shape"][2]) for c in meta["cases"].values())
+            mb = sum(f.stat().st_size for f in root.rglob("*.nii.gz")) / 1e6
+            lines.append(f"{task:12s} {n:4d} cases  {dt:6.2f} s  {dt / n * 1000:6.1f} ms/case  "
+                         f"{voxels / n / 1e6:5.2f} Mvox/case  {mb:6.1f} MB")
+            print(lines[-1], flush=True)
+    ok = total < args.budget
+    print(f"bench_phantoms: {2 * args.num_cases} training + {2 * args.num_external} external cases at size "
+          f"{args.size} (both tasks) in {total:.1f} s ({'<' if ok else '>='} {args.budget:.0f} s budget: "
+          f"{'PASS' if ok else 'FAIL'})")
+    raise SystemExit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
