@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "phantoms": ("proxy_bundle.phantoms.generate:phantoms", "Generate a multi-site phantom dataset (MSD layout)."),
     "validate": ("proxy_bundle.validation:validate", "Check a datalist/dataset.json and its NIfTI files."),
     "scale": ("proxy_bundle.networks.command:scale", "Tabulate measured cost of proxy networks; pick one under a budget."),
+    "study": ("proxy_bundle.study.command:study", "Measure how well proxy data/networks rank configurations; report."),
 }
 
 
