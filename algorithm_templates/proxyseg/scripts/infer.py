@@ -120,7 +120,18 @@ def run(
     print(f"proxyseg: {len(items)} prediction(s) written to {out}")
 
 
-if __name__ == "__main__":
+def _main() -> None:
     import fire
 
-    fire.Fire({"run": run})
+    from proxy_bundle.errors import ProxyBundleError
+
+    try:
+        fire.Fire({"run": run})
+    except (load_pipeline().ConfigError, ProxyBundleError, FileNotFoundError) as err:
+        # Bad settings or inputs: one line naming the key or file, no traceback.
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    _main()

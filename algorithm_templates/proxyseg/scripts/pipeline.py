@@ -219,9 +219,9 @@ def train_random_transforms(cfg: Mapping[str, Any]) -> list:
     keys = ["image", "label"]
     rot = float(aug.get("rotate_range", 0.26))
     scale = float(aug.get("scale_range", 0.1))
+    # The list must start with a random transform: PersistentDataset caches everything before the first random
+    # one, and the cache is shared with validation, which applies only the deterministic part.
     return [
-        EnsureTyped(keys="label", dtype="uint8"),
-        SpatialPadd(keys=keys, spatial_size=roi),
         RandCropByPosNegLabeld(
             keys=keys,
             label_key="label",
@@ -231,6 +231,7 @@ def train_random_transforms(cfg: Mapping[str, Any]) -> list:
             num_samples=int(cfg["num_patches_per_image"]),
             allow_smaller=True,
         ),
+        SpatialPadd(keys=keys, spatial_size=roi),  # images smaller than the ROI were cropped to their own size
         RandRotated(
             keys=keys,
             range_x=rot,

@@ -101,9 +101,11 @@ def _signature(cfg: dict, pl) -> str:
 
 
 def _make_loaders(cfg: dict, pl, dist_info: _Dist, train_items: list, val_items: list):
+    import tempfile
+
     import torch
     from monai.data import DataLoader, DistributedSampler, PersistentDataset
-    from monai.transforms import Compose
+    from monai.transforms import Compose, RandomizableTrait
 
     prep = pl.preprocessing(cfg)
     cache_dir = os.path.join(str(cfg["cache_dir"]), pl.preprocessing_hash(prep))
@@ -112,14 +114,14 @@ def _make_loaders(cfg: dict, pl, dist_info: _Dist, train_items: list, val_items:
     # file system makes that move an atomic rename, so concurrent trials never read half a file.
     tmp_dir = os.path.join(cache_dir, ".tmp")
     os.makedirs(tmp_dir, exist_ok=True)
-    import tempfile
-
-    tempfile.tempdir = tmp_dir
+    tempfile.tempdir = tmp_dir  # restored by run()
 
     det = pl.deterministic_transforms(prep)
-    train_ds = PersistentDataset(
-        data=train_items, transform=Compose(det + pl.train_random_transforms(cfg)), cache_dir=cache_dir
-    )
+    train_xform = Compose(det + pl.train_random_transforms(cfg))
+    # Training and validation share cache entries (same case, same key), so both must cache exactly `det`.
+    if train_xform.get_index_of_first(lambda t: isinstance(t, RandomizableTrait)) != len(det):
+        raise RuntimeError("the training transforms must start with a random transform after preprocessing")
+    train_ds = PersistentDataset(data=train_items, transform=train_xform, cache_dir=cache_dir)
     val_ds = PersistentDataset(data=val_items, transform=Compose(det), cache_dir=cache_dir)
 
     workers = max(0, min(int(cfg["num_workers"]), os.cpu_count() or 1))
@@ -174,6 +176,16 @@ def _validate(model, loader, cfg: dict, device, use_amp: bool) -> float:
 
 def run(config_file: str | Sequence[str], **override: Any) -> None:
     """Train one fold with the given configs and ``key=value`` / ``key#sub=value`` overrides."""
+    import tempfile
+
+    saved_tempdir = tempfile.tempdir
+    try:
+        _train(config_file, override)
+    finally:
+        tempfile.tempdir = saved_tempdir
+
+
+def _train(config_file: str | Sequence[str], override: dict) -> None:
     import torch
 
     pl = load_pipeline()
@@ -365,7 +377,18 @@ def run(config_file: str | Sequence[str], **override: Any) -> None:
     dist_info.close()
 
 
-if __name__ == "__main__":
+def _main() -> None:
     import fire
 
-    fire.Fire({"run": run})
+    from proxy_bundle.errors import ProxyBundleError
+
+    try:
+        fire.Fire({"run": run})
+    except (load_pipeline().ConfigError, ProxyBundleError, FileNotFoundError) as err:
+        # Bad settings or inputs: one line naming the key or file, no traceback.
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    _main()
