@@ -47,7 +47,20 @@ def run(ckpt_path: str, x: float = 0.0, y: float = 0.01, num_epochs: int = 2, **
     (out / "model.pt").write_bytes(b"toy")
 
 
-if __name__ == "__main__":
-    import fire
+def _parse(argv: list[str]) -> dict:
+    # Same "--key=value" (python literal) convention as python-fire, without fire's import time.
+    import ast
 
-    sys.exit(fire.Fire({"run": run}))
+    kwargs = {}
+    for arg in argv:
+        key, _, raw = arg[2:].partition("=")
+        try:
+            kwargs[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            kwargs[key] = raw
+    return kwargs
+
+
+if __name__ == "__main__":
+    assert sys.argv[1] == "run", sys.argv
+    run(**_parse(sys.argv[2:]))

@@ -204,12 +204,12 @@ class TwoPhaseSearch:
             if not _worker_gone(t.user_attrs, t.datetime_start, self.config.grace_s, self.me, self._mine, t.number):
                 continue
             try:
+                self.storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
                 # The RUNNING -> FAIL transition is atomic in the database: only one worker wins it and enqueues.
                 if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                     continue
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
-            self.storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
             self._enqueue_retry(study, t)
             log.warning("trial %d of %s was interrupted (worker %s); retrying it", t.number, study.study_name,
                         t.user_attrs.get(WORKER, "?"))
@@ -276,8 +276,8 @@ class TwoPhaseSearch:
 
     def _interrupt(self, study: optuna.Study, trial: optuna.Trial) -> None:
         try:
+            self.storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
             if self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                self.storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
                 self._enqueue_retry(study, self.storage.get_trial(trial._trial_id))
         except Exception as err:  # the stale-trial check of the next run takes over
             log.warning("could not release trial %d: %s", trial.number, mask_text(str(err), self.url))
@@ -294,8 +294,10 @@ class TwoPhaseSearch:
 
     @staticmethod
     def _slot_done(trials: Sequence[FrozenTrial]) -> bool:
+        # A trial that failed with an error counts as done (retrying a deterministic crash would loop);
+        # an interrupted one does not (its retry is queued).
         return any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or
-                   (t.state == TrialState.FAIL and not t.user_attrs.get(INTERRUPTED)) for t in trials)
+                   (t.state == TrialState.FAIL and ERROR in t.user_attrs) for t in trials)
 
     def _phase1(self, study: optuna.Study, bar: Any) -> list[FrozenTrial]:
         c = self.config

@@ -63,10 +63,10 @@ def trial_record(t: FrozenTrial, phase: int, slot: int | None = None) -> dict[st
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     """Spearman rank correlation (average ranks for ties); ``None`` below 3 pairs or for a constant side."""
-    from scipy.stats import spearmanr
-
     if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
         return None
+    from scipy.stats import spearmanr  # imported late: scipy.stats alone takes seconds to import
+
     rho = spearmanr(x, y).statistic
     return None if rho is None or math.isnan(rho) else float(rho)
 

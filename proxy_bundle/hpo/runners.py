@@ -278,6 +278,8 @@ class AlgoRunner:
                 visible = str(device_setting["CUDA_VISIBLE_DEVICES"]).strip()
                 self.device_setting["n_devices"] = len(visible.split(",")) if visible else 0
         self.poll_s = poll_s
+        # The algo exported for the latest trial (its get_score()/get_inferer() work once training finished).
+        self.last_algo: Any = None
 
     @classmethod
     def from_templates(cls, templates: str | os.PathLike, algo_name: str, work_dir: str | os.PathLike,
@@ -358,6 +360,7 @@ class AlgoRunner:
                                  poll_s=self.poll_s)
         result.output_dir = str(algo.get_output_path())
         result.model_path = _find_model(ckpt)
+        self.last_algo = algo
         return result
 
 

@@ -1,0 +1,194 @@
+"""Trial runner for MONAI bundles: every trial is ``python -m monai.bundle run`` of the bundle's own train config.
+
+A trial's settings reach the bundle as command-line overrides of its config ids (``--learning_rate``,
+``--aug_prob_flip``, ...). The fidelity maps onto the bundle keys every bundle in ``bundles/`` defines:
+``proxy_datalist`` (proxy data), ``proxy_width`` / ``proxy_blocks`` / ``proxy_levels`` (the
+:class:`~proxy_bundle.networks.scaling.ProxySpec` of ``network_def``) and ``max_epochs``. Each trial writes its
+checkpoints, TensorBoard logs and ``progress.yaml`` under its own trial directory (``ckpt_dir`` / ``log_dir`` /
+``progress_file`` overrides), so trials never share files and the bundle folder itself is left untouched.
+
+Per-epoch validation Dice comes from the ``progress.yaml`` that
+:class:`proxy_bundle.bundle_support.ProgressWriter` rewrites after every validation;
+:func:`proxy_bundle.hpo.runners.launch_and_poll` follows it, reports each epoch to the search and kills the
+training process group when the trial is pruned.
+
+:func:`run_bundle_search` is what a bundle's ``configs/hpo.json`` calls as its ``run`` step.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from proxy_bundle.atomic import ensure_dir, write_yaml
+from proxy_bundle.bundle_support import flag
+from proxy_bundle.errors import InputError
+from proxy_bundle.hpo.runners import PROGRESS_FILE, Fidelity, ReportFn, TrialResult, _fire_value, launch_and_poll
+
+__all__ = ["BundleRunner", "fidelity_overrides", "proxy_mode", "run_bundle_search"]
+
+#: Config ids a trial sets for its own paths; a search space or base override may not touch them.
+TRIAL_PATH_KEYS = ("ckpt_dir", "log_dir", "output_dir", "progress_file", "resume")
+
+
+def fidelity_overrides(fidelity: Fidelity) -> dict[str, Any]:
+    """The bundle config overrides for ``fidelity`` (proxy data, proxy network, epochs)."""
+    out: dict[str, Any] = {
+        "proxy_datalist": None if fidelity.datalist is None else str(Path(fidelity.datalist).resolve()),
+        "proxy_width": float(fidelity.width),
+        "proxy_blocks": float(fidelity.blocks),
+        "proxy_levels": None if fidelity.levels is None else int(fidelity.levels),
+    }
+    if fidelity.epochs is not None:
+        out["max_epochs"] = int(fidelity.epochs)
+    return out
+
+
+def proxy_mode(proxy: Fidelity, full: Fidelity) -> str:
+    """``none`` / ``data`` / ``network`` / ``both``: what the phase-1 fidelity shrinks relative to the full one."""
+    data = proxy.datalist != full.datalist
+    net = (proxy.width, proxy.blocks, proxy.levels) != (full.width, full.blocks, full.levels)
+    return {(False, False): "none", (True, False): "data", (False, True): "network", (True, True): "both"}[(data, net)]
+
+
+class BundleRunner:
+    """Train trials with a MONAI bundle's train config (see the module docstring).
+
+    Args:
+        bundle_dir: the bundle folder (holding ``configs/``); trials run with it as working directory.
+        config_file: the train config(s), relative to ``bundle_dir`` or absolute; several merge in order.
+        meta_file: defaults to ``configs/metadata.json`` of the bundle.
+        logging_file: defaults to ``configs/logging.conf`` of the bundle when it exists.
+        base_overrides: settings every trial gets (dataset, fold, patch size, ...); searched values win over them.
+        n_devices: GPUs per trial. With more than one, trials run under ``torch.distributed.run`` with the
+            bundle's ``multi_gpu_config`` merged after ``config_file``.
+        multi_gpu_config: the bundle's multi-GPU override config, relative to ``bundle_dir``.
+        env: environment of the training processes (default: this process's).
+        poll_s: how often ``progress.yaml`` is checked.
+    """
+
+    def __init__(self, bundle_dir: str | os.PathLike, config_file: str | Sequence[str] = "configs/train.json",
+                 meta_file: str | None = None, logging_file: str | None = None,
+                 base_overrides: Mapping[str, Any] | None = None, n_devices: int = 1,
+                 multi_gpu_config: str = "configs/multi_gpu_train.json", env: Mapping[str, str] | None = None,
+                 poll_s: float = 0.5) -> None:
+        self.bundle_dir = Path(bundle_dir).resolve()
+        if not (self.bundle_dir / "configs").is_dir():
+            raise InputError("not a bundle folder (no configs/ inside)", where=str(self.bundle_dir))
+        files = [config_file] if isinstance(config_file, (str, os.PathLike)) else list(config_file)
+        if not files:
+            raise InputError("no train config given", where=str(self.bundle_dir))
+        self.config_files = [self._file(f) for f in files]
+        self.meta_file = self._file(meta_file or "configs/metadata.json")
+        default_logging = self.bundle_dir / "configs" / "logging.conf"
+        self.logging_file = self._file(logging_file) if logging_file else (
+            str(default_logging) if default_logging.is_file() else None)
+        self.base_overrides = dict(base_overrides or {})
+        clash = sorted(set(self.base_overrides) & set(TRIAL_PATH_KEYS))
+        if clash:
+            raise InputError(f"{clash} are set per trial and cannot be overridden", where="base_overrides")
+        self.n_devices = int(n_devices)
+        if self.n_devices < 1:
+            raise InputError(f"must be >= 1, got {n_devices}", where="n_devices")
+        self.multi_gpu_config = self._file(multi_gpu_config) if self.n_devices > 1 else None
+        self.env = dict(env) if env is not None else None
+        self.poll_s = float(poll_s)
+
+    def _file(self, path: str | os.PathLike) -> str:
+        p = Path(path)
+        p = p if p.is_absolute() else self.bundle_dir / p
+        if not p.is_file():
+            raise InputError("bundle file not found", where=str(p))
+        return str(p)
+
+    @property
+    def name(self) -> str:
+        return self.bundle_dir.name
+
+    def overrides(self, params: Mapping[str, Any], fidelity: Fidelity, trial_dir: str | os.PathLike) -> dict[str, Any]:
+        """Everything a trial sets: base settings < fidelity < searched params < the trial's own paths."""
+        clash = sorted(set(params) & set(TRIAL_PATH_KEYS))
+        if clash:
+            raise InputError(f"{clash} are set per trial and cannot be searched", where="search space")
+        trial_dir = Path(trial_dir).resolve()
+        out = dict(self.base_overrides)
+        out.update(fidelity_overrides(fidelity))
+        out.update(params)
+        out.update({
+            "ckpt_dir": str(trial_dir / "models"),
+            "log_dir": str(trial_dir / "logs"),
+            "output_dir": str(trial_dir / "eval"),
+            "progress_file": str(trial_dir / "models" / PROGRESS_FILE),
+            # A retried trial starts from scratch (its directory is cleared), never from a stale checkpoint.
+            "resume": False,
+        })
+        return out
+
+    def command(self, overrides: Mapping[str, Any]) -> list[str]:
+        """``python -m monai.bundle run ...`` (under ``torch.distributed.run`` for several devices)."""
+        configs = [*self.config_files, *([self.multi_gpu_config] if self.multi_gpu_config else [])]
+        args = ["-m", "monai.bundle", "run", f"--config_file={_fire_value(configs)}",
+                f"--meta_file={_fire_value(self.meta_file)}"]
+        if self.logging_file:
+            args.append(f"--logging_file={_fire_value(self.logging_file)}")
+        args += [f"--{k}={_fire_value(v)}" for k, v in overrides.items()]
+        if self.n_devices > 1:
+            return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+                    f"--nproc_per_node={self.n_devices}", *args]
+        return [sys.executable, *args]
+
+    def run(self, params: Mapping[str, Any], fidelity: Fidelity, trial_dir: str | os.PathLike,
+            report: ReportFn) -> TrialResult:
+        trial_dir = Path(trial_dir)
+        if trial_dir.exists():
+            # A retried trial starts clean: a stale progress.yaml would report epochs it has not trained.
+            shutil.rmtree(trial_dir)
+        ensure_dir(trial_dir)
+        overrides = self.overrides(params, fidelity, trial_dir)
+        write_yaml(trial_dir / "overrides.yaml", overrides)
+        result = launch_and_poll(self.command(overrides), overrides["progress_file"], report,
+                                 log_file=trial_dir / "train.log", env=self.env, cwd=self.bundle_dir,
+                                 poll_s=self.poll_s)
+        result.output_dir = str(trial_dir)
+        model = Path(overrides["ckpt_dir"]) / "model.pt"
+        result.model_path = str(model) if model.is_file() else None
+        return result
+
+
+def run_bundle_search(config: Any, runner: BundleRunner, storage: str | None = None,
+                      work_dir: str | os.PathLike = ".", plots: bool = True,
+                      baseline: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Run (or resume, or join) a two-phase search over a bundle and write its results.
+
+    ``config`` is a :class:`proxy_bundle.hpo.engine.SearchConfig`; ``storage`` an Optuna RDB URL or SQLite file
+    (default ``<work_dir>/hpo/study.db``). Results go to ``config.out_dir`` (``results.json``,
+    ``best_params.yaml``, plots) with copies of the first two in ``<work_dir>/hpo``. ``best_params.yaml`` holds
+    bundle config ids, so it merges straight into the train config::
+
+        python -m monai.bundle run --config_file "['configs/train.json','hpo/best_params.yaml']"
+
+    Prints a short summary and returns the results summary.
+    """
+    from proxy_bundle.hpo.api import run_search
+    from proxy_bundle.hpo.storage import resolve_url
+
+    url = resolve_url(storage, work_dir)
+    plots = flag(plots, where="hpo#plots")
+    latest = ensure_dir(Path(work_dir) / "hpo")
+    summary = run_search(config, runner, url, proxy_mode=proxy_mode(config.proxy, config.full),
+                         baseline=baseline, latest_dir=latest, plots=plots)
+    best = summary["best"]
+    print(f"search {summary['study']} ({summary['proxy']} proxy): best full-fidelity Dice {best['score']:.4f} "
+          f"(trial {best['trial']}, phase {best['phase']})")
+    print("best settings: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in best["params"].items()))
+    speed = summary.get("speedup") or {}
+    if speed.get("speedup"):
+        print(f"search speed-up vs full fidelity ({speed.get('kind')}): {speed['speedup']:.2f}x")
+    print(f"results: {summary['outputs']['results']}; settings for the final training: "
+          f"{summary['outputs'].get('latest_best_params', summary['outputs']['best_params'])}")
+    return summary
+

@@ -1,0 +1,201 @@
+"""Search engine: spaces, masking, pruning, and SIGKILL + resume (with the closed-form toy trainer)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from proxy_bundle.errors import InputError
+from proxy_bundle.hpo.space import default_space, load_space, parse_space, suggest
+from proxy_bundle.hpo.storage import mask_text, mask_url, resolve_url
+
+HERE = Path(__file__).resolve().parent
+SEARCH = HERE / "hpo_toy_search.py"
+
+
+# ------------------------------------------------------------------ search spaces
+@pytest.mark.parametrize("spec, needle", [
+    ({"lr": {"type": "float", "low": 1e-2, "high": 1e-3}}, "low (0.01) must be < high (0.001)"),
+    ({"lr": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}, "log scale needs low > 0"),
+    ({"lr": {"type": "floaty", "low": 0.0, "high": 1.0}}, "unknown type 'floaty'"),
+    ({"net": {"type": "categorical", "choices": []}}, "non-empty list 'choices'"),
+    ({"net": {"type": "categorical", "choices": [1, 1]}}, "duplicates"),
+    ({"bs": {"type": "int", "low": 1.5, "high": 4}}, "must be an integer"),
+    ({"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True, "step": 1e-4}}, "cannot be combined with log"),
+    ({"lr": {"type": "float", "low": 0.0, "high": "big"}}, "'high' must be a finite number"),
+    ({"lr": {"type": "float", "low": 0.0, "high": 1.0, "scale": 2}}, "unknown key(s) ['scale']"),
+    ({"lr": 0.1}, "spec must be a mapping"),
+])
+def test_invalid_space_names_file_and_parameter(tmp_path, spec, needle):
+    import yaml
+
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(InputError) as err:
+        load_space(path)
+    msg = str(err.value)
+    assert str(path) in msg and next(iter(spec)) in msg and needle in msg, msg
+
+
+def test_space_file_errors(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_space(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: [unclosed\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_space(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(InputError, match="non-empty mapping"):
+        load_space(empty)
+
+
+def test_default_space_and_suggest_within_bounds():
+    space = default_space()
+    names = [p.name for p in space]
+    assert {"learning_rate", "weight_decay", "loss#dice_weight", "loss#ce_weight", "augment#prob_flip",
+            "augment#prob_noise"} <= set(names)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        values = suggest(study.ask(), space)
+        for p in space:
+            assert p.low <= values[p.name] <= p.high
+    custom = parse_space({"parameters": {"bs": {"type": "int", "low": 1, "high": 4, "step": 1},
+                                         "init": {"type": "categorical", "choices": [8, 16]}}})
+    got = suggest(optuna.trial.FixedTrial({"bs": 3, "init": 16}), custom)
+    assert got == {"bs": 3, "init": 16}
+
+
+# ------------------------------------------------------------------ credentials
+def test_passwords_are_masked():
+    url = "postgresql+psycopg2://alice:s3cr%40t@db.example:5432/optuna?sslmode=require"
+    assert mask_url(url) == "postgresql+psycopg2://alice:***@db.example:5432/optuna?sslmode=require"
+    assert mask_url("mysql://u:pw@h/db?password=pw2") == "mysql://u:***@h/db?password=***"
+    assert "s3cr%40t" not in mask_text(f"connection to {url} failed: bad password s3cr%40t", url)
+    assert resolve_url("postgres://u:p@h/db", ".") == "postgresql://u:p@h/db"
+    with pytest.raises(InputError) as err:
+        resolve_url("redis://u:topsecret@h/0", ".")
+    assert "topsecret" not in str(err.value)
+
+
+def test_unreachable_storage_error_is_masked(tmp_path):
+    from proxy_bundle.hpo.storage import open_storage
+
+    with pytest.raises(InputError) as err:
+        open_storage("postgresql+psycopg2://bob:hunter2@127.0.0.1:9/optuna")
+    assert "hunter2" not in str(err.value) and "***" in str(err.value)
+
+
+# ------------------------------------------------------------------ kill and resume
+def _search(url: str, out: Path, env: dict, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(SEARCH), url, str(out), *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    env = {**os.environ, "TOY_SLEEP": "0.02", "OMP_NUM_THREADS": "1"}
+    ref_out = tmp_path / "ref"
+    ref = _search(f"sqlite:///{tmp_path / 'ref.db'}", ref_out, env)
+    assert ref.wait(timeout=120) == 0, ref.stderr.read()
+    reference = _results(ref_out)
+
+    url = f"sqlite:///{tmp_path / 'resume.db'}"
+    out = tmp_path / "run"
+    log = tmp_path / "trainings.log"
+    slow = {**env, "TOY_SLEEP": "0.4", "TOY_LOG": str(log)}
+    proc = _search(url, out, slow)
+    deadline = time.time() + 90
+    # Kill while the third phase-1 trial is training (after it reported its first epoch).
+    while time.time() < deadline:
+        if (out / "phase1" / "slot0002" / "model" / "progress.yaml").exists():
+            break
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    else:
+        pytest.fail("search never reached the third trial")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stdout.close()
+    proc.stderr.close()
+
+    storage = optuna.storages.RDBStorage(url)
+    before = optuna.load_study(study_name="toy", storage=storage).get_trials()
+    completed_before = {t.user_attrs["slot"] for t in before if t.state == optuna.trial.TrialState.COMPLETE}
+    assert {t.state for t in before if t.user_attrs.get("slot") == 2} == {optuna.trial.TrialState.RUNNING}
+    assert completed_before == {0, 1}
+    storage.engine.dispose()
+    trained_before = log.read_text().splitlines()
+    # The killed search's trainer died with it (no orphan still writing into the trial directory).
+    time.sleep(1.0)
+    assert log.read_text().splitlines() == trained_before
+
+    resumed = _search(url, out, {**env, "TOY_LOG": str(log)})
+    assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
+    result = _results(out)
+
+    # Same answer as the uninterrupted run, slot by slot.
+    assert result["best"]["params"] == reference["best"]["params"]
+    assert result["best"]["score"] == pytest.approx(reference["best"]["score"], abs=1e-12)
+    ref_slots = {t["slot"]: t["params"] for t in reference["trials"] if t["phase"] == 1}
+    done = [t for t in result["trials"] if t["phase"] == 1 and t["state"] == "COMPLETE"]
+    assert sorted(t["slot"] for t in done) == [0, 1, 2, 3, 4]  # every slot exactly once
+    assert {t["slot"]: t["params"] for t in done} == ref_slots
+    interrupted = [t for t in result["trials"] if t.get("interrupted")]
+    assert [t["slot"] for t in interrupted] == [2]
+    assert any(t.get("retry_of") == interrupted[0]["number"] and t["state"] == "COMPLETE" for t in done)
+    # No completed work repeated: completed slots trained once, the interrupted one twice, phase 2 once per rank.
+    lines = log.read_text().splitlines()
+    counts = {key: sum(f"/{key}/" in line for line in lines)
+              for key in ("slot0000", "slot0001", "slot0002", "slot0003", "slot0004", "rank00", "rank01")}
+    assert counts == {"slot0000": 1, "slot0001": 1, "slot0002": 2, "slot0003": 1, "slot0004": 1,
+                      "rank00": 1, "rank01": 1}, counts
+    p2 = [t for t in result["trials"] if t["phase"] == 2]
+    assert sorted(t["rank"] for t in p2) == [0, 1] and all(t["state"] == "COMPLETE" for t in p2)
+
+    # A finished search re-run is a no-op that reports the same result.
+    again = _search(url, out, {**env, "TOY_LOG": str(log)})
+    assert again.wait(timeout=60) == 0, again.stderr.read()
+    assert log.read_text().splitlines() == lines
+    assert _results(out)["best"] == result["best"]
+
+
+def test_changed_settings_on_existing_study_are_refused(tmp_path):
+    from proxy_bundle.hpo.engine import TwoPhaseSearch
+    from proxy_bundle.hpo.runners import CommandRunner
+
+    sys.path.insert(0, str(HERE))
+    try:
+        from hpo_toy_search import config
+    finally:
+        sys.path.remove(str(HERE))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    runner = CommandRunner([sys.executable, str(HERE / "hpo_toy_trainer.py"), "run"], poll_s=0.05)
+    TwoPhaseSearch(config(str(tmp_path / "a"), n_trials=2, top_k=1), runner, url).run()
+    with pytest.raises(InputError, match="different settings \\(n_trials\\)"):
+        TwoPhaseSearch(config(str(tmp_path / "a"), n_trials=3, top_k=1), runner, url).run()
+
+
+def test_median_pruning_stops_bad_trials(tmp_path):
+    env = {**os.environ, "TOY_SLEEP": "0.05", "OMP_NUM_THREADS": "1", "TOY_PLOTS": "1"}
+    out = tmp_path / "p"
+    proc = _search(f"sqlite:///{tmp_path / 'p.db'}", out, env, "6", "1", "median")
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    res = _results(out)
+    states = [t["state"] for t in res["trials"] if t["phase"] == 1]
+    assert "PRUNED" in states and states.count("COMPLETE") >= 1
+    pruned = [t for t in res["trials"] if t["state"] == "PRUNED"]
+    # Pruned after the warm-up epoch: fewer epochs than the 2 it would have trained.
+    assert all(len(t["scores"]) < 2 for t in pruned)
+    assert (out / "plots" / "optimization_history.png").stat().st_size > 0
