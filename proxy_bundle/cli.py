@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("proxy_bundle.validation:validate", "Check a datalist/dataset.json and its NIfTI files."),
     "scale": ("proxy_bundle.networks.command:scale", "Tabulate measured cost of proxy networks; pick one under a budget."),
     "study": ("proxy_bundle.study.command:study", "Measure how well proxy data/networks rank configurations; report."),
+    "select": ("proxy_bundle.selection.subset:select", "Select a proxy subset of the training cases by image similarity."),
+    "analyze": ("proxy_bundle.selection.analyzer:analyze", "Auto3DSeg DataAnalyzer plus proxy-data selection (datastats.yaml)."),
 }
 
 

@@ -1,0 +1,379 @@
+"""Auto3DSeg data-analyzer hook for proxy-data selection.
+
+Two ways in:
+
+* ``analyze`` (CLI command): runs MONAI's ``DataAnalyzer`` unmodified, as ``AutoRunner`` would
+  (``W/datastats.yaml`` and ``W/datastats_by_case.yaml``), then the proxy selection, and merges a ``proxy_data``
+  section into ``W/datastats.yaml`` and a ``proxy_data`` entry into every case of ``W/datastats_by_case.yaml``.
+  ``AutoRunner(work_dir=W, analyze=False, ...)`` then runs on those files, and an algorithm template reads
+  ``proxy_data`` (e.g. ``proxy_data#datalist``, the proxy datalist written next to them). ``W/cache.yaml`` is marked
+  "analysis done", so that an ``AutoRunner`` on ``W`` does not re-run ``DataAnalyzer`` and drop the section.
+* :class:`ProxySimilarityAnalyzer` / :class:`ProxySimilaritySummary`: the same computation as a case analyzer and
+  a summary analyzer for ``SegSummarizer.add_analyzer`` in a custom analysis pipeline. ``DataAnalyzer`` itself
+  keeps only its own keys and offers no way to add an analyzer, hence the separate pass above.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.auto3dseg.analyzer import Analyzer
+
+from proxy_bundle.errors import InputError
+from proxy_bundle.selection.preprocess import PreprocessConfig, proxy_features
+from proxy_bundle.selection.similarity import METRICS, mean_similarity, pairwise_similarity, quantize
+from proxy_bundle.selection.strategies import STRATEGIES, choose, subset_size
+
+__all__ = ["ProxySimilarityAnalyzer", "ProxySimilaritySummary", "merge_proxy_data", "analyze", "SECTION"]
+
+#: Key of the section added to ``datastats.yaml`` and to each case of ``datastats_by_case.yaml``.
+SECTION = "proxy_data"
+_IMAGE_PATH = "image_filepath"  # DataStatsKeys.BY_CASE_IMAGE_PATH
+
+
+class ProxySimilarityAnalyzer(Analyzer):
+    """Case analyzer: the case's image on the proxy grid (bin codes for MI, intensities for NCC).
+
+    Input: a SegSummarizer data dict (``image`` channel first and RAS as a MetaTensor, ``label`` with or without a
+    channel axis). Output: ``data[stats_name] = {"features": ndarray, "mode_used": "roi"|"image", "note": str|None}``.
+    The features are what :class:`ProxySimilaritySummary` compares; they are not meant for YAML export.
+    """
+
+    def __init__(
+        self,
+        image_key: str = "image",
+        label_key: str | None = "label",
+        stats_name: str = SECTION,
+        config: PreprocessConfig | None = None,
+        metric: str = "mi",
+        bins: int = 32,
+    ) -> None:
+        if metric not in METRICS:
+            raise InputError(f"unknown metric {metric!r} (use one of {', '.join(METRICS)})", where="metric")
+        self.image_key = image_key
+        self.label_key = label_key
+        self.config = config if config is not None else PreprocessConfig()
+        self.metric = metric
+        self.bins = int(bins)
+        super().__init__(stats_name, {"features": None, "mode_used": None, "note": None})
+
+    @torch.no_grad()
+    def __call__(self, data: Any) -> dict:
+        d = dict(data)
+        case = {"image": d[self.image_key]}
+        if self.label_key is not None and d.get(self.label_key) is not None:
+            case["label"] = d[self.label_key]
+        feats = proxy_features(case, self.config)
+        values = feats.features
+        if self.metric in ("mi", "nmi"):
+            values = quantize(values, self.bins).numpy()
+        report = deepcopy(self.get_report_format())
+        report.update(features=values, mode_used=feats.mode_used, note=feats.note)
+        d[self.stats_name] = report
+        return d
+
+
+class ProxySimilaritySummary(Analyzer):
+    """Summary analyzer: all-pairs similarity of the cases' proxy features, per-case scores and the selection.
+
+    Returns ``{"metric", "strategy", "n_cases", "k", "scores": [...], "selected": [case indices],
+    "selected_images": [...], "score_stats": {...}}``.
+    """
+
+    def __init__(
+        self,
+        stats_name: str = SECTION,
+        metric: str = "mi",
+        strategy: str = "representative",
+        fraction: float | None = 0.25,
+        count: int | None = None,
+        bins: int = 32,
+        seed: int = 0,
+        device: str | None = None,
+    ) -> None:
+        if metric not in METRICS:
+            raise InputError(f"unknown metric {metric!r} (use one of {', '.join(METRICS)})", where="metric")
+        if strategy not in STRATEGIES:
+            raise InputError(f"unknown strategy {strategy!r} (use one of {', '.join(STRATEGIES)})", where="strategy")
+        self.metric, self.strategy = metric, strategy
+        self.fraction, self.count = (None, count) if count is not None else (fraction, None)
+        self.bins, self.seed, self.device = int(bins), int(seed), device
+        super().__init__(stats_name, {})
+
+    def __call__(self, data: list[dict]) -> dict:
+        rows = [d[self.stats_name] for d in data]
+        if len(rows) < 2:
+            raise InputError("at least two cases are needed to score similarity", where=self.stats_name)
+        stack = np.stack([np.asarray(r["features"]).reshape(-1) for r in rows])
+        sim = pairwise_similarity(stack, self.metric, self.bins, device=self.device).numpy()
+        scores = mean_similarity(sim)
+        k = subset_size(len(rows), fraction=self.fraction, count=self.count)
+        chosen = [int(c) for c in choose(sim, self.strategy, k, self.seed)]
+        images = [str(d.get(_IMAGE_PATH, "")) for d in data]
+        return {
+            "metric": self.metric,
+            "strategy": self.strategy,
+            "n_cases": len(rows),
+            "k": k,
+            "scores": [float(s) for s in scores],
+            "selected": chosen,
+            "selected_images": [images[c] for c in chosen],
+            "score_stats": {"min": float(scores.min()), "max": float(scores.max()), "mean": float(scores.mean()),
+                            "std": float(scores.std())},
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# analyze command
+
+
+def _load_yaml(path: Path) -> Any:
+    from monai.bundle import ConfigParser
+
+    try:
+        return ConfigParser.load_config_file(str(path))
+    except FileNotFoundError:
+        raise InputError("file not found", where=str(path)) from None
+    except Exception as err:
+        raise InputError(f"cannot parse ({type(err).__name__}: {' '.join(str(err).split())[:200]})",
+                         where=str(path)) from None
+
+
+def _source_path(value: Any, key: str, config_path: Path) -> Path:
+    """A path from input.yaml: as given (AutoRunner resolves it against the working directory), else next to the
+    yaml file."""
+    if not isinstance(value, str) or not value:
+        raise InputError(f"'{key}' must be a path", where=str(config_path))
+    p = Path(os.path.expanduser(value))
+    if p.exists() or p.is_absolute():
+        return p
+    beside = config_path.parent / p
+    return beside if beside.exists() else p
+
+
+def _normpath(p: Any) -> str:
+    return os.path.normcase(os.path.abspath(os.path.normpath(str(p))))
+
+
+def _analysis_matches(datastats: Path, by_case: Path, images: set[str]) -> bool:
+    """True when an existing DataAnalyzer output covers exactly these training images (resume)."""
+    if not (datastats.is_file() and by_case.is_file()):
+        return False
+    try:
+        stats = _load_yaml(datastats)
+        cases = _load_yaml(by_case).get("stats_by_cases", [])
+    except InputError:
+        return False
+    if not isinstance(stats, dict) or "stats_summary" not in stats:
+        return False
+    found = {_normpath(c.get(_IMAGE_PATH)) for c in cases if isinstance(c, dict)}
+    return found == images
+
+
+def _run_data_analyzer(datalist: Path, dataroot: Path, work_dir: Path, device: str, workers: int) -> None:
+    """MONAI's DataAnalyzer as AutoRunner runs it, written to a temporary folder and moved into place, so an
+    interrupted analysis never leaves a half-written datastats.yaml behind."""
+    from monai.apps.auto3dseg import DataAnalyzer
+
+    tmp = Path(tempfile.mkdtemp(prefix=".datastats.", dir=work_dir))
+    try:
+        DataAnalyzer(str(datalist), str(dataroot), output_path=str(tmp / "datastats.yaml"), do_ccp=False,
+                     device=device, worker=workers).get_all_case_stats()
+        # by-case first: datastats.yaml is what marks a finished analysis.
+        os.replace(tmp / "datastats_by_case.yaml", work_dir / "datastats_by_case.yaml")
+        os.replace(tmp / "datastats.yaml", work_dir / "datastats.yaml")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def merge_proxy_data(datastats: str | os.PathLike, by_case: str | os.PathLike, section: dict,
+                     per_case: dict[str, dict]) -> None:
+    """Add ``section`` as ``proxy_data`` to ``datastats`` and ``per_case[image path]`` to the matching cases of
+    ``by_case`` (cases not listed get ``{"candidate": False}``); both files are rewritten atomically."""
+    from proxy_bundle.atomic import write_yaml
+
+    ds_path, bc_path = Path(datastats), Path(by_case)
+    stats = _load_yaml(ds_path)
+    cases_doc = _load_yaml(bc_path)
+    if not isinstance(stats, dict) or not isinstance(cases_doc, dict):
+        raise InputError("not a DataAnalyzer output (expected a mapping)", where=str(ds_path))
+    lookup = {_normpath(k): v for k, v in per_case.items()}
+    for case in cases_doc.get("stats_by_cases", []) or []:
+        if isinstance(case, dict):
+            case[SECTION] = lookup.get(_normpath(case.get(_IMAGE_PATH)), {"candidate": False})
+    stats[SECTION] = section
+    write_yaml(bc_path, _plain(cases_doc))
+    write_yaml(ds_path, _plain(stats))
+
+
+def _plain(obj: Any) -> Any:
+    """YAML-safe values (DataAnalyzer output is already plain; numpy scalars may come from the selection)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _mark_cache(work_dir: Path, datastats: Path) -> None:
+    """Tell AutoRunner (``cache.yaml``) that the analysis step is done, keeping its other entries."""
+    from proxy_bundle.atomic import write_yaml
+
+    cache_path = work_dir / "cache.yaml"
+    cache: dict = {"analyze": False, "datastats": None, "algo_gen": False, "train": False}
+    if cache_path.is_file():
+        try:
+            loaded = _load_yaml(cache_path)
+            if isinstance(loaded, dict):
+                cache.update(loaded)
+        except InputError:
+            pass
+    cache.update(analyze=True, datastats=str(datastats.resolve()))
+    write_yaml(cache_path, cache)
+
+
+def analyze(
+    input: str,
+    work_dir: str,
+    fraction: float | None = None,
+    count: int | None = None,
+    metric: str = "mi",
+    mode: str = "roi",
+    strategy: str = "representative",
+    grid: int = 48,
+    bins: int = 32,
+    seed: int = 0,
+    fold: int | None = 0,
+    spacing: Any = None,
+    window: Any = None,
+    percentiles: Any = None,
+    margin: float = 10.0,
+    out: str | None = None,
+    device: str | None = None,
+    workers: int = 0,
+    reanalyze: bool = False,
+    progress: bool = True,
+) -> None:
+    """Auto3DSeg data analysis plus proxy-data selection, merged into ``WORK_DIR/datastats.yaml``.
+
+    Runs MONAI's ``DataAnalyzer`` (unmodified, as ``AutoRunner`` does) unless ``WORK_DIR`` already holds its output
+    for the same training images (``--reanalyze`` forces a new run), then selects a proxy subset exactly like the
+    ``select`` command and adds a ``proxy_data`` section to ``datastats.yaml`` (metric, mode, strategy, selected
+    case ids, score statistics, ``datalist``: the proxy datalist) and per-case scores to
+    ``datastats_by_case.yaml``. ``AutoRunner(work_dir=WORK_DIR, analyze=False, ...)`` runs on the result.
+
+    Args:
+        input: AutoRunner data source config (YAML/JSON with ``dataroot``, ``datalist``, ``modality``).
+        work_dir: Auto3DSeg work directory (created if missing).
+        fraction: subset size as a fraction of the candidate cases, in (0, 1]; default 0.25 when ``count`` is not
+            given either.
+        count: subset size as a number of cases.
+        metric: ``mi``, ``nmi`` or ``ncc``.
+        mode: ``roi`` or ``image``.
+        strategy: ``representative``, ``diverse``, ``coverage`` or ``random``.
+        grid: proxy grid edge (voxels).
+        bins: MI histogram bins.
+        seed: seed of the ``random`` strategy.
+        fold: validation fold kept intact.
+        spacing: common voxel size (mm); default: per-axis median of the candidates.
+        window: CT window ``low,high`` (HU).
+        percentiles: percentile range for non-CT images.
+        margin: context around the label's bounding box in ``roi`` mode (mm).
+        out: proxy datalist path (default ``WORK_DIR/proxy_datalist.json``; scores next to it).
+        device: ``cpu`` or ``cuda`` (default: CUDA when available) for DataAnalyzer and the similarity.
+        workers: DataLoader worker processes for reading cases.
+        reanalyze: run DataAnalyzer even when its output is already there.
+        progress: show progress bars.
+    """
+    from proxy_bundle.atomic import ensure_dir
+    from proxy_bundle.selection.subset import run_selection, write_selection
+    from proxy_bundle.validation import load_datalist, resolve
+
+    if fraction is None and count is None:
+        fraction = 0.25
+    cfg_path = Path(input)
+    if not cfg_path.is_file():
+        raise InputError("input config not found", where=str(cfg_path))
+    src = _load_yaml(cfg_path)
+    if not isinstance(src, dict):
+        raise InputError("input config must be a mapping with dataroot, datalist and modality", where=str(cfg_path))
+    missing = [k for k in ("dataroot", "datalist", "modality") if k not in src]
+    if missing:
+        raise InputError(f"missing key(s) {', '.join(missing)}", where=str(cfg_path))
+    datalist = _source_path(src["datalist"], "datalist", cfg_path)
+    dataroot = _source_path(src["dataroot"], "dataroot", cfg_path)
+    if not dataroot.is_dir():
+        raise InputError("dataroot is not a directory", where=str(dataroot))
+    data = load_datalist(datalist, dataroot)
+    work = ensure_dir(work_dir)
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    images = set()
+    for e in data["training"]:
+        image = e["image"][0] if isinstance(e["image"], list) else e["image"]
+        images.add(_normpath(resolve(image, dataroot)))
+    datastats, by_case = work / "datastats.yaml", work / "datastats_by_case.yaml"
+    if reanalyze or not _analysis_matches(datastats, by_case, images):
+        print(f"running MONAI DataAnalyzer on {len(images)} training cases")
+        _run_data_analyzer(datalist, dataroot, work, dev, int(workers))
+    else:
+        print(f"reusing {datastats} (DataAnalyzer output for the same training cases)")
+
+    selection = run_selection(
+        datalist, dataroot, fraction=fraction, count=count, metric=metric, mode=mode, strategy=strategy, grid=grid,
+        bins=bins, seed=seed, fold=fold, modality=src["modality"], spacing=spacing, window=window,
+        percentiles=percentiles, margin=margin, device=device, workers=workers, progress=progress,
+    )
+    out_path, scores_path = write_selection(selection, out if out is not None else work / "proxy_datalist.json")
+    doc = selection.scores
+    prov, summ = doc["provenance"], doc["summary"]
+    section = {
+        "metric": prov["metric"],
+        "mode": prov["mode"],
+        "strategy": prov["strategy"],
+        "fraction": prov["fraction"],
+        "count": prov["count"],
+        "seed": prov["seed"],
+        "n_candidates": summ["n_candidates"],
+        "n_selected": summ["n_selected"],
+        "selected": list(summ["selected"]),
+        "score_stats": summ["score_stats"],
+        "selected_score_stats": summ["selected_score_stats"],
+        "fallback_cases": summ["fallback_cases"],
+        "validation": prov["validation"],
+        "datalist": str(Path(out_path).resolve()),
+        "scores_file": str(Path(scores_path).resolve()),
+        "source_datalist": prov["datalist"],
+        "source_datalist_sha256": prov["datalist_sha256"],
+        "grid": prov["grid"],
+        "bins": prov["bins"],
+        "spacing": prov["spacing"],
+        "modality": prov["modality"],
+    }
+    per_case = {}
+    for row in doc["cases"]:
+        image = row["image"][0] if isinstance(row["image"], list) else row["image"]
+        per_case[str(resolve(image, dataroot))] = {
+            "candidate": True,
+            "id": row["id"],
+            "score": row["score"],
+            "rank": row["rank"],
+            "selected": row["selected"],
+            "mode_used": row["mode_used"],
+        }
+    merge_proxy_data(datastats, by_case, section, per_case)
+    _mark_cache(work, datastats)
+    print(f"selected {summ['n_selected']} of {summ['n_candidates']} candidates ({metric}, {mode}, {strategy}): "
+          f"{', '.join(summ['selected'])}")
+    print(f"wrote {datastats} (proxy_data), {by_case}, {out_path} and {scores_path}")
