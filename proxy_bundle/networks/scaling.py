@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -53,13 +54,16 @@ class ProxySpec:
     levels: int | None = None
 
     def __post_init__(self) -> None:
+        # Normalise numpy scalars and YAML ints so that equal specs compare and hash equal.
         for field in ("width", "blocks"):
             value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
                 raise InputError(f"must be a positive number, got {value!r}", where=f"ProxySpec.{field}")
+            object.__setattr__(self, field, float(value))
         if self.levels is not None:
-            if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 1:
+            if isinstance(self.levels, bool) or not isinstance(self.levels, numbers.Integral) or self.levels < 1:
                 raise InputError(f"must be an integer >= 1 or None, got {self.levels!r}", where="ProxySpec.levels")
+            object.__setattr__(self, "levels", int(self.levels))
 
     @property
     def is_full(self) -> bool:
