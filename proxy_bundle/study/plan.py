@@ -25,7 +25,8 @@ import optuna
 
 from proxy_bundle.errors import InputError
 
-METRICS: tuple[str, ...] = ("mi", "ncc")
+METRICS: tuple[str, ...] = ("mi", "ncc")  # the default selection metrics
+KNOWN_METRICS: tuple[str, ...] = ("mi", "nmi", "ncc")
 STRATEGIES: tuple[str, ...] = ("representative", "diverse", "coverage")
 FAMILIES: tuple[str, ...] = ("reference", "network", "data", "random", "both", "short")
 
@@ -91,8 +92,9 @@ def build_variants(
     if not 0 < fraction <= 1:
         raise InputError(f"fraction must be in (0, 1], got {fraction}", where="study")
     for m in metrics:
-        if m not in METRICS:
-            raise InputError(f"unknown selection metric {m!r} (choose from {', '.join(METRICS)})", where="study")
+        if m not in KNOWN_METRICS:
+            raise InputError(f"unknown selection metric {m!r} (choose from {', '.join(KNOWN_METRICS)})",
+                             where="study")
     for s in strategies:
         if s not in STRATEGIES:
             raise InputError(f"unknown selection strategy {s!r} (choose from {', '.join(STRATEGIES)})", where="study")
@@ -100,7 +102,7 @@ def build_variants(
         both_metric, both_strategy = both_data.split("-", 1)
     except ValueError:
         both_metric, both_strategy = "", ""
-    if both_metric not in METRICS or both_strategy not in STRATEGIES + ("random",):
+    if both_metric not in KNOWN_METRICS or both_strategy not in STRATEGIES + ("random",):
         raise InputError(f"both_data must be '<metric>-<strategy>', got {both_data!r}", where="study")
 
     out = [Variant("reference", "reference", epochs=epochs), Variant("network", "network", proxy_network=True, epochs=epochs)]

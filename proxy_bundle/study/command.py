@@ -1,0 +1,235 @@
+"""``python -m proxy_bundle study``: train K configurations at every fidelity and report how well proxies rank them."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from proxy_bundle.atomic import ensure_dir, write_json
+from proxy_bundle.errors import InputError
+from proxy_bundle.study.plan import METRICS, STRATEGIES, Config, Variant, build_variants, sample_configs
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "algorithm_templates"
+ALGO = "proxyseg"
+
+
+def study(
+    task: str = "spleen_ct",
+    work_dir: str = "study_work",
+    dataset: str | None = None,
+    n_configs: int = 8,
+    epochs: int = 12,
+    size: int = 32,
+    num_cases: int = 20,
+    num_external: int = 6,
+    fraction: float = 0.25,
+    width: float = 0.25,
+    blocks: float = 1.0,
+    levels: int | None = None,
+    init_filters: int = 16,
+    seed: int = 0,
+    variants: str | Sequence[str] | None = None,
+    metrics: str | Sequence[str] = METRICS,
+    strategies: str | Sequence[str] = STRATEGIES,
+    random_seeds: int = 3,
+    both_data: str = "mi-representative",
+    selection_mode: str = "roi",
+    search_space: str | None = None,
+    fold: int = 0,
+    top_k: int = 3,
+    templates: str | None = None,
+    keep_checkpoints: bool = False,
+    progress: bool = True,
+) -> None:
+    """Measure how well proxy data and proxy networks rank hyper-parameter configurations.
+
+    Samples N_CONFIGS configurations from the search space and trains each one at every variant: the reference
+    (full network, full data), the proxy network, proxy data for every selection metric x strategy, random
+    subsets (RANDOM_SEEDS seeds), both proxies, and an equal-cost short-training baseline. Every run is scored on
+    the validation fold and the external set. Writes WORK_DIR/report.md, PNG figures and results.json. Finished
+    runs are stored under WORK_DIR/runs and reused when the same command runs again.
+
+    Args:
+        task: phantom task to generate when no DATASET is given: spleen_ct or prostate_mr.
+        work_dir: output folder (also holds the generated dataset, trials and stored runs).
+        dataset: an MSD-layout dataset folder with datalist.json (folds), external.json and dataset.json;
+            default: generate phantoms in WORK_DIR/data.
+        n_configs: number of sampled configurations (>= 3; 8 or more for meaningful ranks).
+        epochs: training epochs at full fidelity.
+        size: phantom grid size (voxels per axis) when generating.
+        num_cases: phantom training cases when generating.
+        num_external: phantom external-site cases when generating.
+        fraction: proxy-data fraction of the training cases (also sets the short baseline's epochs).
+        width: proxy-network channel multiplier.
+        blocks: proxy-network residual-block multiplier.
+        levels: proxy-network resolution levels (default: the full network's).
+        init_filters: channels of the full network's first level.
+        seed: configuration sampling seed.
+        variants: comma-separated variant or family names to run (reference always runs);
+            families: reference, network, data, random, both, short. Default: all.
+        metrics: selection metrics for the proxy-data variants (comma-separated: mi, nmi, ncc).
+        strategies: selection strategies (comma-separated: representative, diverse, coverage).
+        random_seeds: number of random subsets.
+        both_data: the subset of the both-proxies variant, as METRIC-STRATEGY.
+        selection_mode: how cases are compared for selection: roi (label bounding box + margin) or image.
+        search_space: search-space YAML (default: the built-in segmentation space).
+        fold: validation fold.
+        top_k: k of the top-k overlap.
+        templates: Auto3DSeg templates folder (default: the bundled algorithm_templates).
+        keep_checkpoints: keep each trial's resumable last.pt (large); model.pt is always kept.
+        progress: show a progress bar.
+    """
+    t_start = time.time()
+    command = "python -m proxy_bundle study " + " ".join(shlex.quote(a) for a in sys.argv[2:]) \
+        if len(sys.argv) > 1 and sys.argv[1] == "study" else f"study(task={task!r}, work_dir={work_dir!r}, ...)"
+    from proxy_bundle.hpo.space import load_space, suggest
+    from proxy_bundle.study.analysis import analyse
+    from proxy_bundle.study.prepare import dataset_paths, ensure_analysis, ensure_phantoms, ensure_subsets
+    from proxy_bundle.study.report import hardware, write_report
+
+    w = ensure_dir(Path(work_dir).resolve())
+    plan = build_variants(
+        epochs=int(epochs), fraction=float(fraction), metrics=_names(metrics, "metrics"),
+        strategies=_names(strategies, "strategies"), random_seeds=tuple(range(int(random_seeds))),
+        both_data=both_data, include=_names(variants, "variants") if variants else None,
+    )
+    space = load_space(search_space)
+    configs = sample_configs(lambda trial: suggest(trial, space), int(n_configs), seed=int(seed))
+
+    if dataset is None:
+        root = ensure_phantoms(task, w / "data", int(num_cases), int(num_external), int(size), int(seed))
+    else:
+        root = Path(dataset)
+    data = ensure_analysis(dataset_paths(root, w / "analysis"))
+    subset_keys = {v.subset: {"metric": v.metric or "mi", "strategy": v.strategy, "seed": v.seed}
+                   for v in plan if v.subset}
+    subsets = ensure_subsets(data, w / "subsets", subset_keys, float(fraction), int(fold),
+                             selection_mode) if subset_keys else {}
+
+    from proxy_bundle.hpo.runners import AlgoRunner
+    from proxy_bundle.study.evaluate import Evaluator, read_cases
+    from proxy_bundle.study.runner import fidelity, run_spec, train_and_score
+    from proxy_bundle.study.store import RunStore
+
+    templates_dir = Path(templates) if templates else TEMPLATES
+    runner = AlgoRunner.from_templates(
+        templates_dir, ALGO, ensure_dir(w / "algo"), data.datastats, data.input_yaml, fold=int(fold),
+        base_overrides={"num_epochs_per_validation": 1, "num_workers": 0, "cache_dir": str(w / "cache"),
+                        "network#init_filters": int(init_filters)},
+    )
+    sets = {
+        "val": read_cases(data.datalist, "training", data.dataroot, fold=int(fold)),
+        "ext": read_cases(data.external, "testing", data.dataroot),
+    }
+    if not sets["val"]:
+        raise InputError(f"no training case has fold {fold}", where=str(data.datalist))
+    if not sets["ext"]:
+        raise InputError("the external set is empty", where=str(data.external))
+    context = {"dataset": str(data.dataroot), "fold": int(fold), "init_filters": int(init_filters),
+               "selection_mode": selection_mode,
+               "templates": str(templates_dir.resolve())}
+
+    store = RunStore(w / "runs")
+    evaluator = Evaluator()
+    jobs = []
+    for c in configs:  # configuration-major: every block of runs costs about the same, so the ETA is steady
+        for v in plan:
+            fid = fidelity(v, subsets, float(width), float(blocks), levels)
+            jobs.append((c, v, fid, run_spec(c, v, fid, context)))
+    todo = [j for j in jobs if store.get(j[0].id, j[1].name, j[3]) is None]
+    print(f"study: {len(configs)} configurations x {len(plan)} variants = {len(jobs)} runs "
+          f"({len(jobs) - len(todo)} stored, {len(todo)} to train) in {w}", flush=True)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc="study", unit="run", disable=not progress, dynamic_ncols=True)
+    failed_now = 0
+    try:
+        for c, v, fid, spec in todo:
+            bar.set_postfix_str(f"{c.id} {v.name}")
+            rec = train_and_score(runner, evaluator, c, fid, w / "trials" / v.name / c.id, sets, keep_checkpoints)
+            store.put(c.id, v.name, spec, rec)
+            failed_now += rec["status"] != "ok"
+            bar.update(1)
+    finally:
+        bar.close()
+
+    records = [store.get(c.id, v.name, spec) for c, v, _, spec in jobs]
+    records = [r for r in records if r is not None]
+    analysis = analyse(records, plan, k=int(top_k))
+    n_val = len(sets["val"])
+    n_train = sum(1 for _ in read_cases(data.datalist, "training", data.dataroot)) - n_val
+    meta = {
+        "task": task if dataset is None else Path(data.dataroot).name,
+        "command": command,
+        "hardware": hardware(),
+        "wall_s": time.time() - t_start,
+        "runs_trained": len(todo),
+        "runs_reused": len(jobs) - len(todo),
+        "n_configs": int(n_configs),
+        "seed": int(seed),
+        "epochs": int(epochs),
+        "short_epochs": next((v.epochs for v in plan if v.family == "short"), None),
+        "width": float(width),
+        "blocks": float(blocks),
+        "levels": levels,
+        "init_filters": int(init_filters),
+        "fraction": float(fraction),
+        "selection_mode": selection_mode,
+        "fold": int(fold),
+        "n_val": n_val,
+        "n_train": n_train,
+        "n_ext": len(sets["ext"]),
+        "dataset": _dataset_meta(data.dataroot, dataset is None, int(num_cases), int(num_external), int(size)),
+        "search_space": space.to_dict(),
+        "subsets": subsets,
+        "environment": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES") if k in os.environ},
+    }
+    results = {
+        "meta": meta,
+        "variants": [v.as_dict() for v in plan],
+        "configs": [{"id": c.id, "params": c.params} for c in configs],
+        "runs": records,
+        "failed": [{"variant": r["variant"], "config_id": r["config_id"], "error": r.get("error", "")}
+                   for r in records if r.get("status") != "ok"],
+        "analysis": analysis,
+    }
+    report = write_report(w, results)
+    print_summary(results, report)
+
+
+def _names(value: str | Sequence[str] | None, what: str) -> list[str]:
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = [str(i).strip() for i in items if str(i).strip()]
+    if not out:
+        raise InputError("empty list", where=f"study --{what}")
+    return out
+
+
+def _dataset_meta(root: Path, generated: bool, num_cases: int, num_external: int, size: int) -> dict[str, Any]:
+    import json
+
+    try:
+        meta = json.loads((Path(root) / "phantom_meta.json").read_text())
+        return {"phantoms": True, "generated": generated, "num_cases": meta.get("num_cases"),
+                "num_external": meta.get("num_external"), "size": meta.get("size"), "path": str(root)}
+    except (OSError, ValueError):
+        return {"phantoms": False, "generated": False, "num_cases": None, "num_external": None, "size": None,
+                "path": str(root)}
+
+
+def print_summary(results: dict, report: Path) -> None:
+    """The headline numbers on stdout."""
+    from proxy_bundle.study.report import headline_table
+
+    a = results["analysis"]
+    print("\n".join(headline_table(results)))
+    fails = len(results["failed"])
+    print(f"study: {len(results['runs'])} runs ({fails} failed), wall {results['meta']['wall_s'] / 60:.1f} min; "
+          f"report {report}")

@@ -1,0 +1,102 @@
+"""Train one (configuration, variant) through the search engine's trial runner and score it.
+
+Every run goes through :class:`proxy_bundle.hpo.runners.AlgoRunner` (export the template with the trial's
+overrides, launch ``train.py``, follow ``progress.yaml``), so a run's cost here is what the same trial costs
+in a real search. The best checkpoint is then scored on the validation fold and the external set with
+:class:`~proxy_bundle.study.evaluate.Evaluator`.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from proxy_bundle.hpo.runners import AlgoRunner, Fidelity, TrialFailed
+from proxy_bundle.study.evaluate import Evaluator
+from proxy_bundle.study.plan import Config, Variant
+
+
+def fidelity(variant: Variant, subsets: Mapping[str, str], width: float, blocks: float = 1.0,
+             levels: int | None = None) -> Fidelity:
+    """The trial runner's fidelity for a study variant (``subsets``: subset key -> proxy datalist path)."""
+    datalist = subsets[variant.subset] if variant.subset else None
+    if variant.proxy_network:
+        return Fidelity(name=variant.name, datalist=datalist, width=width, blocks=blocks, levels=levels,
+                        epochs=variant.epochs)
+    return Fidelity(name=variant.name, datalist=datalist, epochs=variant.epochs)
+
+
+def run_spec(config: Config, variant: Variant, fid: Fidelity, context: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything that decides a run's result; a stored run is reused only for an equal spec."""
+    return {"params": config.params, "variant": variant.as_dict(), "fidelity": fid.to_dict(), **dict(context)}
+
+
+def train_and_score(
+    runner: AlgoRunner,
+    evaluator: Evaluator,
+    config: Config,
+    fid: Fidelity,
+    trial_dir: str | Path,
+    sets: Mapping[str, Sequence[Mapping[str, str]]],
+    keep_checkpoints: bool = False,
+) -> dict[str, Any]:
+    """Train, then score the best checkpoint on every case list in ``sets``.
+
+    Returns a result record: ``status`` ("ok" or "failed"), ``val_dice`` (best validation Dice the search
+    sees), ``<set>_dice`` per case list, ``cost_s`` (wall-clock of the trial), the per-epoch history and the
+    template's timing split. A failed training is returned (not raised) so one bad configuration, e.g. a
+    diverging learning rate, does not stop a study.
+    """
+    trial_dir = Path(trial_dir)
+    t0 = time.monotonic()
+    try:
+        result = runner.run(config.params, fid, trial_dir, report=lambda epoch, dice: False)
+    except TrialFailed as err:
+        return {"status": "failed", "error": str(err).splitlines()[0], "cost_s": time.monotonic() - t0}
+    ckpt = trial_dir / "model"
+    rec: dict[str, Any] = {
+        "status": "ok",
+        "cost_s": float(result.wall_s),
+        "search_dice": float(result.score) if result.score is not None else math.nan,
+        "history": [[int(e), float(s)] for e, s in result.scores],
+        "timing": _timing(ckpt / "timing.yaml"),
+    }
+    model = ckpt / "model.pt"
+    if not model.is_file():
+        rec.update(status="failed", error="training wrote no model.pt")
+        return rec
+    t1 = time.monotonic()
+    scores = evaluator.dice(result.output_dir, model, sets)
+    rec["eval_s"] = time.monotonic() - t1
+    for name, value in scores.items():
+        rec[f"{name}_dice"] = value
+    if "val" not in scores:
+        rec["val_dice"] = rec["search_dice"]
+    if not keep_checkpoints:
+        # The optimizer state for resuming one trial is the bulk of a trial's disk use; the study resumes per run.
+        (ckpt / "last.pt").unlink(missing_ok=True)
+    return rec
+
+
+def _timing(path: Path) -> dict[str, Any]:
+    try:
+        t = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    out: dict[str, Any] = {k: t.get(k) for k in ("epochs_run", "num_train_cases", "num_val_cases", "num_parameters")}
+    try:
+        out["startup_s"] = float(t["data_ready"]) - float(t["process_start"])
+        out["train_s"] = float(t["end"]) - float(t["data_ready"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    return out
+
+
+def clean_trial(trial_dir: str | Path) -> None:
+    """Remove a trial directory (used when a stale run is retrained)."""
+    shutil.rmtree(trial_dir, ignore_errors=True)
