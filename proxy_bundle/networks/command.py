@@ -166,8 +166,8 @@ def scale(
     if pick is None:
         cheapest = min(reports, key=lambda r: getattr(r, metric))
         print(f"no candidate within {budget:g} x full {metric}; the cheapest ({cheapest.spec.label()}) needs "
-              f"{getattr(cheapest, metric) / getattr(full, metric):.3f}; channels stop at {MIN_CHANNELS}, so try fewer "
-              "levels, a larger budget or a wider full network (--init_filters)")
+              f"{getattr(cheapest, metric) / getattr(full, metric):.3f}; try smaller widths or blocks or a larger budget "
+              f"(channels never go below {MIN_CHANNELS}, so a narrow full network may not shrink further)")
     else:
         print(f"pick: ProxySpec(width={pick.spec.width:g}, blocks={pick.spec.blocks:g}, levels={pick.spec.levels}) "
               f"-> {pick.flops / full.flops:.3f} x full FLOPs, {pick.params / full.params:.3f} x parameters, "
