@@ -152,3 +152,9 @@ def test_unknown_metric_and_scores(stack):
     np.testing.assert_allclose(mean_similarity(sim), [0.3, 0.4, 0.2])
     with pytest.raises(InputError):
         mean_similarity(np.ones((1, 1)))
+
+
+def test_metric_names_agree_with_the_command():
+    from proxy_bundle.selection import similarity, subset
+
+    assert subset.METRICS == similarity.METRICS

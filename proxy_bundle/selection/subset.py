@@ -37,6 +37,8 @@ __all__ = ["Selection", "run_selection", "write_selection", "select", "default_s
 
 log = logging.getLogger("proxy_bundle.selection")
 
+#: Similarity metrics (the same as ``similarity.METRICS``; repeated so that option errors need no torch import).
+METRICS = ("mi", "nmi", "ncc")
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
 
 
@@ -226,11 +228,8 @@ def run_selection(
     similarity matrix; and the provenance (all settings and the sha256 of the datalist file).
     """
     from proxy_bundle.selection import strategies as st
-    from proxy_bundle.selection.preprocess import PreprocessConfig, common_spacing, iter_case_features
-    from proxy_bundle.selection.similarity import METRICS, mean_similarity, pairwise_similarity, quantize
-    from proxy_bundle.validation import load_datalist, resolve
 
-    # option errors first: they are cheap and need no file
+    # option errors first: they are cheap, need no file and no torch import
     if metric not in METRICS:
         raise InputError(f"unknown metric {metric!r} (use one of {', '.join(METRICS)})", where="metric")
     if strategy not in st.STRATEGIES:
@@ -248,6 +247,10 @@ def run_selection(
     spacing_t = _triple(spacing, "spacing")
     window_t = _pair(window, "window")
     percentiles_t = _pair(percentiles, "percentiles")
+
+    from proxy_bundle.selection.preprocess import PreprocessConfig, common_spacing, iter_case_features
+    from proxy_bundle.selection.similarity import mean_similarity, pairwise_similarity, quantize
+    from proxy_bundle.validation import load_datalist, resolve
 
     path = Path(datalist)
     data = load_datalist(path, dataroot, require_labels=False)
