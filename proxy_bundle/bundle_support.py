@@ -8,25 +8,28 @@ search polls, and checkpoint discovery for resuming.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from proxy_bundle import validation
-from proxy_bundle.atomic import write_yaml
+from proxy_bundle.atomic import write_json, write_yaml
 from proxy_bundle.errors import InputError
+from proxy_bundle.hpo.runners import read_progress
 from proxy_bundle.validation import resolve
 
 __all__ = [
     "split_dataset",
+    "select_proxy_data",
     "load_datalist",
     "image_datalist",
     "ProgressWriter",
-    "read_progress",
     "latest_checkpoint",
+    "flag",
 ]
 
 _NIFTI = (".nii", ".nii.gz")
@@ -124,6 +127,45 @@ def split_dataset(dataset_dir: str | os.PathLike, fold: int = 0, num_folds: int 
     return {"training": train, "validation": val}
 
 
+def select_proxy_data(dataset_dir: str | os.PathLike, out: str | os.PathLike, *, fraction: float | None = None,
+                      count: int | None = None, fold: int = 0, num_folds: int = 5, metric: str = "mi",
+                      mode: str = "roi", strategy: str = "representative", seed: int = 0) -> str:
+    """Select proxy data among this bundle's training cases and write the proxy datalist to ``out``.
+
+    The candidates are exactly the training cases of :func:`split_dataset` for ``fold``; its validation cases go
+    into the proxy datalist's ``validation`` list unchanged, so a proxy run validates on the same cases as a full
+    run. Scoring and choice are :func:`proxy_bundle.selection.subset.run_selection` (``fraction`` or ``count``,
+    ``metric``, ``mode``, ``strategy``). An existing ``out`` made from the same candidates with the same settings
+    is reused, so a resumed search does not select again. Returns the path of the proxy datalist.
+    """
+    from proxy_bundle.selection.subset import default_scores_path, run_selection, write_selection
+
+    out = Path(out)
+    split = split_dataset(dataset_dir, fold=fold, num_folds=num_folds)
+    keep = ("image", "label")
+    candidates = {"training": [{k: e[k] for k in keep if k in e} for e in split["training"]],
+                  "validation": [{k: e[k] for k in keep if k in e} for e in split["validation"]]}
+    cand_path = write_json(out.with_name(f"{out.stem}_candidates.json"), candidates)
+    settings = {"metric": metric, "mode": mode, "strategy": strategy, "fraction": fraction, "count": count,
+                "seed": seed, "datalist_sha256": hashlib.sha256(cand_path.read_bytes()).hexdigest()}
+    scores_path = default_scores_path(out)
+    if out.is_file() and scores_path.is_file():
+        try:
+            provenance = json.loads(scores_path.read_text()).get("provenance", {})
+        except (OSError, ValueError):
+            provenance = {}
+        if all(provenance.get(k) == v for k, v in settings.items()):
+            print(f"proxy data: reusing {out} (same candidates and settings)")
+            return str(out)
+    selection = run_selection(cand_path, dataset_dir, fraction=fraction, count=count, metric=metric, mode=mode,
+                              strategy=strategy, seed=seed, fold=None, progress=False)
+    write_selection(selection, out)
+    summary = selection.scores["summary"]
+    print(f"proxy data: {summary['n_selected']} of {summary['n_candidates']} training cases "
+          f"({strategy}, {metric}, {mode}) -> {out}")
+    return str(out)
+
+
 def image_datalist(source: str | os.PathLike, key: str = "testing",
                    base_dir: str | os.PathLike | None = None) -> list[dict]:
     """Inputs for inference: every NIfTI file in a folder, or the ``key`` entries of a datalist JSON (labels optional)."""
@@ -136,17 +178,6 @@ def image_datalist(source: str | os.PathLike, key: str = "testing",
     if src.is_file():
         return load_datalist(src, key=key, base_dir=base_dir, require_label=False)
     raise InputError("input folder or datalist not found", where=str(src))
-
-
-def read_progress(path: str | os.PathLike) -> list[dict]:
-    """The entries of a progress file (empty when it does not exist yet)."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        return []
-    data = yaml.safe_load(p.read_text())
-    return list(data) if isinstance(data, list) else []
 
 
 class ProgressWriter:
@@ -210,8 +241,15 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike) -> str | None:
     return str(max(found)[1]) if found else None
 
 
-def as_list(value: Any) -> list:
-    """A scalar or a sequence as a list (command-line overrides may give either)."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        return [value]
-    return list(value)
+def flag(value: Any, where: str = "flag") -> bool:
+    """A config switch as a bool. Command-line overrides pass through python-fire, which keeps lower-case
+    ``true``/``false`` as strings; a bare string in a ``$not @x`` expression would otherwise count as true."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off", "none", ""):
+            return False
+    elif value is None or isinstance(value, (bool, int)):
+        return bool(value)
+    raise InputError(f"expected true or false, got {value!r}", where=where)
