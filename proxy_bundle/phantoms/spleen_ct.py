@@ -55,7 +55,7 @@ def render(rng: np.random.Generator, site: Site, size: int, atypical: str | None
     hu = organ_hu(phase, float(rng.uniform(*p["contrast"])))
     hu["spleen"] += float(rng.normal(0.0, 8.0))
     hu["liver"] += float(rng.normal(0.0, 8.0))
-    spleen_scale = float(np.exp(rng.normal(0.0, 0.12)))
+    spleen_scale = float(np.exp(rng.normal(0.0, 0.18)))
     spleen_scale *= {"tiny_spleen": 0.5, "splenomegaly": 1.35}.get(atypical or "", 1.0)
 
     cv = Canvas(grid, rng, background=AIR, warp=0.05)
@@ -114,7 +114,7 @@ def _body(cv: Canvas, rng: np.random.Generator) -> None:
 def _viscera(cv: Canvas, rng: np.random.Generator, hu: dict[str, float]) -> None:
     j = lambda s=0.03: float(rng.normal(0.0, s))  # noqa: E731 - positional jitter
     # Liver: right lobe plus the left lobe reaching across anteriorly (toward the spleen in some cases).
-    reach = float(rng.uniform(0.25, 0.5))
+    reach = float(rng.uniform(0.25, 0.8))
     for shape in (
         Ellipsoid((0.36 + j(), 0.02 + j(), 0.1), (0.42, 0.48, 0.9)),
         Ellipsoid((-0.05 - 0.2 * reach, 0.26 + j(), 0.35), (0.3 + reach * 0.3, 0.17, 0.5), angle=-0.25),
@@ -134,6 +134,16 @@ def _viscera(cv: Canvas, rng: np.random.Generator, hu: dict[str, float]) -> None
     cv.paint(sl, lev < 1.0, hu["wall"] - 20.0)
     stool = cv.texture(sl, 0.0, 1.0, 6)
     cv.paint(sl, lev < 0.8, np.where(stool > 0.2, GAS, 20.0 + 40.0 * stool).astype(np.float32))
+    # Small-bowel loops in the left upper quadrant: enhancing walls in the spleen's HU range.
+    for _ in range(int(rng.integers(2, 6))):
+        loop = Ellipsoid(
+            (float(rng.uniform(-0.55, 0.0)), float(rng.uniform(-0.05, 0.4)), float(rng.uniform(-0.7, 0.1))),
+            tuple(float(v) for v in rng.uniform(0.05, 0.11, size=3) * (1.0, 1.0, 2.0)),  # type: ignore[arg-type]
+            angle=float(rng.uniform(0, np.pi)),
+        )
+        sl, lev = cv.level(loop, rough=0.1)
+        cv.paint(sl, lev < 1.0, hu["wall"] + 15.0)
+        cv.paint(sl, lev < 0.6, GAS if rng.random() < 0.3 else float(rng.uniform(5.0, 40.0)))
     # Pancreatic tail running toward the splenic hilum.
     pa = Ellipsoid((-0.2 + j(), -0.06 + j(), -0.05), (0.24, 0.06, 0.2), angle=-0.45)
     sl, lev = cv.level(pa, rough=0.1)
@@ -152,11 +162,11 @@ def _viscera(cv: Canvas, rng: np.random.Generator, hu: dict[str, float]) -> None
     for side in (-1.0, 1.0):
         sl, lev = cv.level(Ellipsoid((side * 0.15, -0.47, 0.0), (0.1, 0.09, 10.0)), rough=0.05)
         cv.paint(sl, lev < 1.0, MUSCLE)
-    marrow = float(rng.uniform(180.0, 300.0))
+    marrow = float(rng.uniform(240.0, 340.0))
     sl, lev = cv.level(Ellipsoid((0.0, -0.25, 0.0), (0.12, 0.1, 10.0)))
     z = cv.ax[2][None, None, sl[2]]
     disc = np.cos(2 * np.pi * 3.0 * z) > 0.85
-    cv.paint(sl, lev < 1.0, np.where(lev > 0.8, 700.0, np.where(disc, 85.0, marrow)).astype(np.float32))
+    cv.paint(sl, lev < 1.0, np.where(lev > 0.78, 900.0, np.where(disc, 85.0, marrow)).astype(np.float32))
     sl, lev = cv.level(Ellipsoid((0.0, -0.42, 0.0), (0.1, 0.09, 10.0)))
     cv.paint(sl, lev < 1.0, 500.0)
     cv.paint(sl, lev < 0.6, CSF)
@@ -167,9 +177,9 @@ def _viscera(cv: Canvas, rng: np.random.Generator, hu: dict[str, float]) -> None
 def _spleen(cv: Canvas, rng: np.random.Generator, hu: dict[str, float], scale: float):
     """Crescent along the left posterolateral wall, concave toward the hilum; painted last."""
     sp = Ellipsoid(
-        centre=(-0.45 + float(rng.normal(0, 0.03)), -0.18 + float(rng.normal(0, 0.03)), 0.15 + float(rng.normal(0, 0.05))),
+        centre=(-0.45 + float(rng.normal(0, 0.05)), -0.18 + float(rng.normal(0, 0.05)), 0.15 + float(rng.normal(0, 0.1))),
         axes=(0.38 * scale, 0.17 * scale, 0.55 * min(scale, 1.3)),
-        angle=-0.87 + float(rng.normal(0, 0.15)),
+        angle=-0.87 + float(rng.normal(0, 0.25)),
         bend=float(rng.uniform(0.2, 0.5)),
         tilt=(float(rng.normal(0, 0.1)), float(rng.normal(0, 0.1))),
     )
