@@ -330,8 +330,12 @@ def iter_case_features(
     # dict items: MONAI's Dataset would map the job over the elements of a tuple
     items = [{"index": i, "image": im, "label": lb} for i, (im, lb) in enumerate(cases)]
     if workers <= 0:
+        from proxy_bundle.selection.similarity import torch_threads
+
         for item in items:
-            index, feats, error = job(item)
+            # one small volume at a time: single-threaded, as in a DataLoader worker
+            with torch_threads(1):
+                index, feats, error = job(item)
             if error is not None:
                 raise InputError(error[0], where=error[1])
             yield index, feats  # type: ignore[misc]

@@ -249,7 +249,7 @@ def run_selection(
     percentiles_t = _pair(percentiles, "percentiles")
 
     from proxy_bundle.selection.preprocess import PreprocessConfig, common_spacing, iter_case_features
-    from proxy_bundle.selection.similarity import mean_similarity, pairwise_similarity, quantize
+    from proxy_bundle.selection.similarity import mean_similarity, pairwise_similarity, quantize, torch_threads
     from proxy_bundle.validation import load_datalist, resolve
 
     path = Path(datalist)
@@ -301,7 +301,11 @@ def run_selection(
     modes_used: list[str] = [mode] * n
     with tqdm(total=n, desc="preprocess", unit="case", disable=not progress, leave=False) as bar:
         for i, feats in iter_case_features(cases, config, workers=workers):
-            vec = quantize(feats.features, bins).numpy() if keep_codes else feats.features
+            if keep_codes:
+                with torch_threads(1):
+                    vec = quantize(feats.features, bins).numpy()
+            else:
+                vec = feats.features
             if stack is None:
                 stack = np.empty((n, vec.size), dtype=vec.dtype)
             elif vec.size != stack.shape[1]:
