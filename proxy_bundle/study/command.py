@@ -22,9 +22,9 @@ def study(
     work_dir: str = "study_work",
     dataset: str | None = None,
     n_configs: int = 8,
-    epochs: int = 12,
+    epochs: int = 8,
     size: int = 32,
-    num_cases: int = 20,
+    num_cases: int = 16,
     num_external: int = 6,
     fraction: float = 0.25,
     width: float = 0.25,
@@ -70,7 +70,8 @@ def study(
         init_filters: channels of the full network's first level.
         seed: configuration sampling seed.
         variants: comma-separated variant or family names to run (reference always runs);
-            families: reference, network, data, random, both, short. Default: all.
+            families: reference, network, data, random, both, short, repeat (the reference with another
+            training seed: the noise ceiling). Default: all but repeat.
         metrics: selection metrics for the proxy-data variants (comma-separated: mi, nmi, ncc).
         strategies: selection strategies (comma-separated: representative, diverse, coverage).
         random_seeds: number of random subsets.
@@ -151,7 +152,8 @@ def study(
     try:
         for c, v, fid, spec in todo:
             bar.set_postfix_str(f"{c.id} {v.name}")
-            rec = train_and_score(runner, evaluator, c, fid, w / "trials" / v.name / c.id, sets, keep_checkpoints)
+            rec = train_and_score(runner, evaluator, c, fid, w / "trials" / v.name / c.id, sets, keep_checkpoints,
+                                  v.train_seed)
             store.put(c.id, v.name, spec, rec)
             failed_now += rec["status"] != "ok"
             bar.update(1)

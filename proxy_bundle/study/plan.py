@@ -11,6 +11,9 @@ Variants (``family``):
 * ``both``: proxy network and one proxy subset (``both_data`` = ``metric-strategy``).
 * ``short``: full network and full data for ``max(1, round(epochs * fraction))`` epochs: the same number of
   training iterations as a proxy-data run, the equal-cost baseline a proxy has to beat.
+* ``repeat`` (only on request): the reference again with another training seed. Its agreement with the
+  reference is the noise ceiling: no proxy can be expected to rank configurations better than a second run
+  of the reference itself.
 
 Configurations are sampled with Optuna's seeded ``RandomSampler`` from the search space, so the same
 seed always gives the same K configurations.
@@ -28,7 +31,9 @@ from proxy_bundle.errors import InputError
 METRICS: tuple[str, ...] = ("mi", "ncc")  # the default selection metrics
 KNOWN_METRICS: tuple[str, ...] = ("mi", "nmi", "ncc")
 STRATEGIES: tuple[str, ...] = ("representative", "diverse", "coverage")
-FAMILIES: tuple[str, ...] = ("reference", "network", "data", "random", "both", "short")
+FAMILIES: tuple[str, ...] = ("reference", "network", "data", "random", "both", "short", "repeat")
+DEFAULT_FAMILIES: tuple[str, ...] = ("reference", "network", "data", "random", "both", "short")
+REPEAT_SEED_OFFSET = 1000  # training seed of the repeat variant = template seed + this
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Variant:
     strategy: str | None = None  # selection strategy (``random`` for the random subsets)
     seed: int = 0  # selection seed (only matters for ``random``)
     epochs: int = 1
+    train_seed: int | None = None  # training seed override (None: the template's)
 
     @property
     def proxy_data(self) -> bool:
@@ -84,8 +90,8 @@ def build_variants(
 ) -> list[Variant]:
     """The study's variants in training order (reference first).
 
-    ``include`` restricts the list to the given variant names or family names; the reference is always kept
-    because every number is relative to it.
+    ``include`` selects variants by name or family (default: every family but ``repeat``); the reference is
+    always kept because every number is relative to it.
     """
     if epochs < 1:
         raise InputError(f"epochs must be >= 1, got {epochs}", where="study")
@@ -112,9 +118,10 @@ def build_variants(
     out += [Variant(f"random-s{seed}", "random", strategy="random", seed=int(seed), epochs=epochs) for seed in random_seeds]
     out.append(Variant("both", "both", proxy_network=True, metric=both_metric, strategy=both_strategy, epochs=epochs))
     out.append(Variant("short", "short", epochs=short_epochs(epochs, fraction)))
+    out.append(Variant("repeat", "repeat", epochs=epochs, train_seed=12345 + REPEAT_SEED_OFFSET))
 
     if include is None:
-        return out
+        return [v for v in out if v.family in DEFAULT_FAMILIES]
     wanted = set(include)
     known = {v.name for v in out} | set(FAMILIES)
     unknown = sorted(wanted - known)

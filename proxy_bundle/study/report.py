@@ -108,7 +108,8 @@ def _strategies(plt, analysis):
         rand = [t for t in rand if _finite(t)]
         names = [n for n, _ in items]
         taus = [e["agreement"][s]["kendall"] for _, e in items]
-        colors = {"data": "tab:blue", "network": "tab:orange", "both": "tab:green", "short": "tab:gray"}
+        colors = {"data": "tab:blue", "network": "tab:orange", "both": "tab:green", "short": "tab:gray",
+                  "repeat": "tab:purple"}
         ax.bar(range(len(items)), [t if _finite(t) else 0 for t in taus],
                color=[colors.get(e["family"], "k") for _, e in items])
         if rand:
@@ -283,7 +284,7 @@ def headline_table(results: Mapping[str, Any]) -> list[str]:
     rows.append(
         f"| tau, random subsets mean ± sd [min, max] (n={s['val']['n_random']}) | {_spread(s['val'])} | {_spread(s['ext'])} |"
     )
-    for name in ("network", "both", "short"):
+    for name in ("network", "both", "short", "repeat"):
         if name in v:
             rows.append(
                 f"| tau, {name} | {_f(v[name]['agreement']['val']['kendall'])} | {_f(v[name]['agreement']['ext']['kendall'])} |"

@@ -44,18 +44,24 @@ def train_and_score(
     trial_dir: str | Path,
     sets: Mapping[str, Sequence[Mapping[str, str]]],
     keep_checkpoints: bool = False,
+    train_seed: int | None = None,
 ) -> dict[str, Any]:
     """Train, then score the best checkpoint on every case list in ``sets``.
 
-    Returns a result record: ``status`` ("ok" or "failed"), ``val_dice`` (best validation Dice the search
-    sees), ``<set>_dice`` per case list, ``cost_s`` (wall-clock of the trial), the per-epoch history and the
+    ``train_seed`` replaces the template's ``seed`` (the repeat variant).
+
+    Returns a result record: ``status`` ("ok" or "failed"), ``search_dice`` (the best validation Dice the
+    template reported, what a search sees), ``<set>_dice`` per case list (``val_dice``, ``ext_dice``), ``cost_s`` (wall-clock of the trial), the per-epoch history and the
     template's timing split. A failed training is returned (not raised) so one bad configuration, e.g. a
     diverging learning rate, does not stop a study.
     """
     trial_dir = Path(trial_dir)
+    params = dict(config.params)
+    if train_seed is not None:
+        params["seed"] = int(train_seed)
     t0 = time.monotonic()
     try:
-        result = runner.run(config.params, fid, trial_dir, report=lambda epoch, dice: False)
+        result = runner.run(params, fid, trial_dir, report=lambda epoch, dice: False)
     except TrialFailed as err:
         return {"status": "failed", "error": str(err).splitlines()[0], "cost_s": time.monotonic() - t0}
     ckpt = trial_dir / "model"
