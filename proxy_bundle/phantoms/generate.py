@@ -15,7 +15,10 @@ datalist that points at missing images; re-running with the same arguments repro
 from __future__ import annotations
 
 import gzip
+import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -91,7 +94,7 @@ def nifti_gz_bytes(array: np.ndarray, grid: Grid, description: str = "") -> byte
     return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
 
 
-def _check_args(task: Any, num_cases: Any, num_external: Any, size: Any, seed: Any) -> TaskSpec:
+def _check_args(task: Any, num_cases: Any, num_external: Any, size: Any, seed: Any, workers: Any = 1) -> TaskSpec:
     if not isinstance(task, str) or task not in TASKS:
         raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}", where="--task")
     for name, value, lo, hi in (
@@ -99,6 +102,7 @@ def _check_args(task: Any, num_cases: Any, num_external: Any, size: Any, seed: A
         ("num_external", num_external, 0, 100_000),
         ("size", size, 16, MAX_SIZE),
         ("seed", seed, 0, 2**63 - 1),
+        ("workers", workers, 1, 256),
     ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise InputError(f"must be an integer, got {value!r}", where=f"--{name}")
@@ -143,17 +147,47 @@ def _folds(sites: list[Site], k: int) -> list[int]:
     return folds
 
 
+@dataclass(frozen=True)
+class _Job:
+    task: str
+    seed: int
+    root: str
+    split: str  # "training" | "external"
+    index: int
+    case_id: str
+    site: Site
+    kind: str | None
+    size: int
+
+
+def _make_case(job: _Job) -> dict[str, Any]:
+    """Render and write one case (runs in a worker process when ``workers > 1``); returns its metadata."""
+    spec = TASKS[job.task]
+    rng = _case_rng(job.seed, spec, 1 if job.split == "training" else 2, job.index)
+    case = spec.render(rng, job.site, job.size, job.kind)
+    sub = "Tr" if job.split == "training" else "Ext"
+    image_rel, label_rel = _write_case(Path(job.root), sub, job.case_id, case, job.task, job.site.name)
+    return _case_meta(case, job.site, job.split, image_rel, label_rel, job.kind)
+
+
 def generate_dataset(
-    task: str, out: str | Path, num_cases: int = 32, num_external: int = 8, size: int = 96, seed: int = 0
+    task: str,
+    out: str | Path,
+    num_cases: int = 32,
+    num_external: int = 8,
+    size: int = 96,
+    seed: int = 0,
+    *,
+    workers: int = 1,
 ) -> Path:
     """Generate a phantom dataset for ``task`` ("spleen_ct" or "prostate_mr") under ``out``; returns ``out``.
 
     ``num_cases`` training cases spread over three acquisition sites (about one in six atypical),
     ``num_external`` cases from a fourth, unseen site, on grids of about ``size`` voxels per axis.
-    The same arguments give byte-identical files. Raises :class:`InputError` for bad arguments or
-    when ``out`` is an existing file.
+    The same arguments give byte-identical files, whatever ``workers`` (processes rendering cases in
+    parallel). Raises :class:`InputError` for bad arguments or when ``out`` is an existing file.
     """
-    spec = _check_args(task, num_cases, num_external, size, seed)
+    spec = _check_args(task, num_cases, num_external, size, seed, workers)
     root = ensure_dir(out)
     assign_rng = np.random.default_rng([seed, spec.key, 0, num_cases])
     sites = assign_sites(spec.sites, num_cases, assign_rng)
@@ -161,22 +195,30 @@ def generate_dataset(
     k = max(2, min(MAX_FOLDS, num_cases))
     folds = _folds(sites, k)
 
+    jobs = [_Job(task, seed, str(root), "training", i, f"{spec.prefix}_{i:03d}", site, kind, size)
+            for i, (site, kind) in enumerate(zip(sites, kinds))]
+    jobs += [_Job(task, seed, str(root), "external", i, f"{spec.prefix}_ext_{i:03d}", spec.external, None, size)
+             for i in range(num_external)]
+    if workers > 1 and len(jobs) > 1:
+        # Fresh worker processes: forking a parent that runs BLAS/OpenMP threads (torch) can deadlock.
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+            results = list(pool.map(_make_case, jobs))
+    else:
+        results = [_make_case(job) for job in jobs]
+
     meta_cases: dict[str, dict[str, Any]] = {}
-    training, dlist = [], []
-    for i, (site, kind) in enumerate(zip(sites, kinds)):
-        case_id = f"{spec.prefix}_{i:03d}"
-        case = spec.render(_case_rng(seed, spec, 1, i), site, size, kind)
-        image_rel, label_rel = _write_case(root, "Tr", case_id, case, task, site.name)
-        training.append({"image": f"./{image_rel}", "label": f"./{label_rel}"})
-        dlist.append({"image": image_rel, "label": label_rel, "fold": folds[i]})
-        meta_cases[case_id] = {**_case_meta(case, site, "training", image_rel, label_rel, kind), "fold": folds[i]}
-    external = []
-    for i in range(num_external):
-        case_id = f"{spec.prefix}_ext_{i:03d}"
-        case = spec.render(_case_rng(seed, spec, 2, i), spec.external, size, None)
-        image_rel, label_rel = _write_case(root, "Ext", case_id, case, task, spec.external.name)
-        external.append({"image": image_rel, "label": label_rel})
-        meta_cases[case_id] = _case_meta(case, spec.external, "external", image_rel, label_rel, None)
+    training, dlist, external = [], [], []
+    for job, meta in zip(jobs, results):
+        if job.split == "training":
+            fold = folds[job.index]
+            training.append({"image": f"./{meta['image']}", "label": f"./{meta['label']}"})
+            dlist.append({"image": meta["image"], "label": meta["label"], "fold": fold})
+            meta = {**meta, "fold": fold}
+        else:
+            external.append({"image": meta["image"], "label": meta["label"]})
+        meta_cases[job.case_id] = meta
 
     write_json(root / "dataset.json", {
         "name": spec.name,
@@ -214,7 +256,9 @@ def generate_dataset(
     return root
 
 
-def phantoms(task: str, out: str, num_cases: int = 32, num_external: int = 8, size: int = 96, seed: int = 0) -> None:
+def phantoms(
+    task: str, out: str, num_cases: int = 32, num_external: int = 8, size: int = 96, seed: int = 0, workers: int = 1
+) -> None:
     """Generate a multi-site phantom dataset in Medical Segmentation Decathlon layout.
 
     Writes dataset.json, datalist.json (Auto3DSeg, with folds), external.json (unseen site),
@@ -227,11 +271,11 @@ def phantoms(task: str, out: str, num_cases: int = 32, num_external: int = 8, si
         num_external: number of cases from the unseen external site (>= 0).
         size: approximate voxels per axis (16-512; thick-slice cases have fewer slices).
         seed: random seed; the same arguments give byte-identical files.
+        workers: processes rendering cases in parallel (the files do not depend on it).
     """
     start = time.perf_counter()
-    root = generate_dataset(task, out, num_cases=num_cases, num_external=num_external, size=size, seed=seed)
-    import json
-
+    root = generate_dataset(task, out, num_cases=num_cases, num_external=num_external, size=size, seed=seed,
+                            workers=workers)
     meta = json.loads((root / "phantom_meta.json").read_text())
     cases = [c for c in meta["cases"].values() if c["split"] == "training"]
     n_sites = len({c["site"] for c in cases})

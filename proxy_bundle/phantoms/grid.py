@@ -18,13 +18,22 @@ class Grid:
 
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
+    fov_mm: tuple[float, float, float] | None = None  # the span of -1..1; default: shape * spacing
 
     @classmethod
     def from_fov(cls, fov_mm: tuple[float, float, float], spacing: tuple[float, float, float], min_slices: int = 8) -> Grid:
-        """The grid covering ``fov_mm`` at ``spacing`` (the slice axis keeps at least ``min_slices``)."""
+        """The grid covering ``fov_mm`` at ``spacing``.
+
+        The slice axis keeps at least ``min_slices``; extra slices extend the field of view (the
+        anatomy keeps its physical size) rather than stretch it.
+        """
         shape = [max(8, int(round(f / s))) for f, s in zip(fov_mm, spacing)]
         shape[2] = max(shape[2], min_slices)
-        return cls(shape=(shape[0], shape[1], shape[2]), spacing=tuple(float(s) for s in spacing))  # type: ignore[arg-type]
+        return cls(
+            shape=(shape[0], shape[1], shape[2]),
+            spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+            fov_mm=tuple(float(f) for f in fov_mm),  # type: ignore[arg-type]
+        )
 
     @property
     def affine(self) -> np.ndarray:
@@ -36,9 +45,11 @@ class Grid:
         return aff
 
     def axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Normalised voxel-centre coordinates per axis (float32, -1..1 across the field of view)."""
+        """Normalised voxel-centre coordinates per axis (float32, -1..1 across the nominal field of view)."""
+        fov = self.fov_mm or tuple(n * s for n, s in zip(self.shape, self.spacing))
         return tuple(  # type: ignore[return-value]
-            ((np.arange(n, dtype=np.float32) + 0.5) / n * 2.0 - 1.0).astype(np.float32) for n in self.shape
+            (((np.arange(n, dtype=np.float64) + 0.5) * s - 0.5 * n * s) / (0.5 * f)).astype(np.float32)
+            for n, s, f in zip(self.shape, self.spacing, fov)
         )
 
     def voxel_ml(self) -> float:

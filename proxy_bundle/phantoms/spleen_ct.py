@@ -55,7 +55,7 @@ def render(rng: np.random.Generator, site: Site, size: int, atypical: str | None
     hu = organ_hu(phase, float(rng.uniform(*p["contrast"])))
     hu["spleen"] += float(rng.normal(0.0, 8.0))
     hu["liver"] += float(rng.normal(0.0, 8.0))
-    spleen_scale = float(np.exp(rng.normal(0.0, 0.18)))
+    spleen_scale = float(np.exp(np.clip(rng.normal(0.0, 0.13), -0.25, 0.3)))
     spleen_scale *= {"tiny_spleen": 0.5, "splenomegaly": 1.35}.get(atypical or "", 1.0)
 
     cv = Canvas(grid, rng, background=AIR, warp=0.05)
@@ -178,7 +178,7 @@ def _spleen(cv: Canvas, rng: np.random.Generator, hu: dict[str, float], scale: f
     """Crescent along the left posterolateral wall, concave toward the hilum; painted last."""
     sp = Ellipsoid(
         centre=(-0.45 + float(rng.normal(0, 0.05)), -0.18 + float(rng.normal(0, 0.05)), 0.15 + float(rng.normal(0, 0.1))),
-        axes=(0.38 * scale, 0.17 * scale, 0.55 * min(scale, 1.3)),
+        axes=(0.4 * scale, 0.18 * scale, 0.55 * min(scale, 1.3)),
         angle=-0.87 + float(rng.normal(0, 0.25)),
         bend=float(rng.uniform(0.2, 0.5)),
         tilt=(float(rng.normal(0, 0.1)), float(rng.normal(0, 0.1))),
