@@ -167,8 +167,8 @@ def test_fill_template_config_ct(spleen_phantom, spleen_stats, tmp_path, algo_mo
     assert cfg["num_epochs"] == algo_module.choose_epochs(stats["n_cases"])
     assert cfg["data_file_base_dir"] == str(spleen_phantom)
     assert cfg["proxy"]["enabled"] is False and cfg["proxy"]["datalist"] is None
-    # the preprocessing cache is shared by all folds: one folder beside the bundles
-    assert cfg["cache_dir"] == str(tmp_path / "preprocessed_cache")
+    # one preprocessing cache per dataset analysis, shared by all folds and trials
+    assert cfg["cache_dir"] == str(spleen_stats[0].parent / "preprocessed_cache")
 
 
 def test_fill_template_config_mr_with_proxy_data(prostate_phantom, tmp_path, algo_module):

@@ -155,7 +155,9 @@ class ProxysegAlgo(BundleAlgo):
             data_stats = self._read_yaml(data_stats_filename, "datastats")
             data_src = self._read_yaml(self.data_list_file, "data source config") if self.data_list_file else {}
             record = {"bundle_root": os.path.abspath(output_path)}
-            record["cache_dir"] = os.path.join(os.path.dirname(os.path.abspath(output_path)), "preprocessed_cache")
+            # Beside datastats.yaml (the work dir): one cache for every fold and every search trial on this dataset.
+            stats_dir = os.path.dirname(os.path.abspath(str(data_stats_filename)))
+            record["cache_dir"] = os.path.join(stats_dir, "preprocessed_cache")
             record.update(self.derive_settings(data_stats, data_src))
             self.proxy_data = _plain(data_stats.get("proxy_data")) if isinstance(data_stats.get("proxy_data"), dict) else None
         else:
