@@ -12,7 +12,7 @@ Three measurements, one summary line at the end:
    once) vs the whole ``run_selection`` (header pass, load, preprocess, MI on the default 48^3 grid, strategy).
 
 Usage: ``python benchmarks/bench_selection.py [--cases 100] [--scale-cases 1000] [--phantom-cases 100]
-[--phantom-size 48] [--threads N]``. Timings on a shared machine are noisy; re-run on a quiet one for the README.
+[--phantom-size 96] [--threads N]``. Timings on a shared machine are noisy; re-run on a quiet one for the README.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=100)
     ap.add_argument("--scale-cases", type=int, default=1000)
     ap.add_argument("--phantom-cases", type=int, default=100)
-    ap.add_argument("--phantom-size", type=int, default=48)
+    ap.add_argument("--phantom-size", type=int, default=96, help="phantom edge (the generator's default: 96)")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for the MI kernel (default: torch's)")
     ap.add_argument("--part", choices=["all", "speedup", "scale", "pipeline"], default="all")
     args = ap.parse_args()

@@ -139,11 +139,15 @@ def _entropy_from_counts(counts: torch.Tensor, total: int) -> torch.Tensor:
 def entropy(codes: torch.Tensor | np.ndarray, bins: int = 32) -> torch.Tensor:
     """Entropy (nats) of each row of a stack of bin codes ``[N, V]``."""
     bins = _check_bins(bins)
-    c = quantize(_check_stack(codes, "codes"), bins).to(torch.int64)
-    n, v = c.shape
-    offsets = (torch.arange(n, device=c.device) * bins).unsqueeze(1)
-    counts = torch.bincount((c + offsets).reshape(-1), minlength=n * bins).view(n, bins)
-    return _entropy_from_counts(counts, v)
+    return _entropy_of_codes(quantize(_check_stack(codes, "codes"), bins), bins)
+
+
+def _entropy_of_codes(codes: torch.Tensor, bins: int) -> torch.Tensor:
+    n, v = codes.shape
+    out = torch.empty(n, dtype=torch.float64, device=codes.device)
+    for i in range(n):  # one bincount per image: no int64 copy of the whole stack
+        out[i] = _entropy_from_counts(torch.bincount(codes[i].to(torch.int64), minlength=bins), v)
+    return out
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -269,19 +273,21 @@ def pairwise_mi(
     if method not in ("auto", "bincount", "matmul"):
         raise InputError(f"unknown MI method {method!r} (use auto, bincount or matmul)", where="method")
     dev = _resolve_device(device)
-    codes = quantize(_check_stack(x).to(dev), bins, value_range)
-    n, v = codes.shape
-    h = entropy(codes, bins).cpu()
+    workers = torch.get_num_threads() if threads is None else max(1, int(threads))
     if method == "auto":
         method = "matmul" if dev.type == "cuda" else "bincount"
-    if method == "bincount":
-        if dev.type == "cpu":
-            workers = torch.get_num_threads() if threads is None else max(1, int(threads))
-            joint = _joint_entropy_bincount(codes.cpu(), bins, workers, progress)
+    # On the CPU the parallelism is the kernel's own thread pool; torch's intra-op threads only add overhead to
+    # the per-image bincounts and quantisation (see torch_threads).
+    with torch_threads(1 if dev.type == "cpu" and method == "bincount" else torch.get_num_threads()):
+        codes = quantize(_check_stack(x).to(dev), bins, value_range)
+        h = _entropy_of_codes(codes, bins).cpu()
+        if method == "bincount":
+            if dev.type == "cpu":
+                joint = _joint_entropy_bincount(codes.cpu(), bins, workers, progress)
+            else:
+                joint = _joint_entropy_bincount_device(codes, bins, progress)
         else:
-            joint = _joint_entropy_bincount_device(codes, bins, progress)
-    else:
-        joint = _joint_entropy_matmul(codes, bins, dev, progress)
+            joint = _joint_entropy_matmul(codes, bins, dev, progress)
     mi = (h.unsqueeze(0) + h.unsqueeze(1) - joint).clamp_(min=0.0)
     mi.fill_diagonal_(0.0)
     mi += torch.diag(h)
