@@ -114,6 +114,22 @@ def test_network_matches_metadata_and_scales(name):
     assert sizes[0.25] < sizes[1.0] / 4
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_configs_satisfy_monai_workflow_properties(name, request, tmp_path):
+    """MONAI's train/inference property checks (bundle_root, device, dataset_dir, train#trainer, ...) pass."""
+    from monai.bundle import ConfigWorkflow
+
+    data = request.getfixturevalue(CASES[name][0])
+    root = BUNDLES / name / "configs"
+    for config, kind in (("train.json", "train"), ("inference.json", "infer"), ("evaluate.json", "infer")):
+        workflow = ConfigWorkflow(config_file=str(root / config), meta_file=str(root / "metadata.json"),
+                                  logging_file=False, workflow_type=kind, dataset_dir=str(data),
+                                  input_dir=str(data / "imagesExt"), output_dir=str(tmp_path), num_workers=0,
+                                  cache_rate=0.0)
+        workflow.initialize()
+        assert workflow.check_properties() == [], f"{config} misses MONAI {kind} properties"
+
+
 # ------------------------------------------------------------------------------------------------ train
 
 def test_train_one_epoch_cli(trained):
