@@ -106,11 +106,16 @@ def run(
 
     pl = load_pipeline()
     parser = pl.load_config(config_file, override)
-    base_dir = parser.get_parsed_content("data_file_base_dir")
-    with open(parser.get_parsed_content("data_list_file_path")) as fh:
-        items = json.load(fh).get(data_list_key, [])
-    out = output_dir or os.path.join(parser.get_parsed_content("bundle_root"), f"prediction_{data_list_key}")
     infer = InferClass(config_file, **override)
+    base_dir = str(parser.get_parsed_content("data_file_base_dir"))
+    datalist = parser.get_parsed_content("data_list_file_path")
+    if not datalist or not os.path.isfile(str(datalist)):
+        raise pl.ConfigError(f"{datalist}: datalist not found (data_list_file_path)")
+    with open(str(datalist)) as fh:
+        items = json.load(fh).get(data_list_key, [])
+    if not items:
+        raise pl.ConfigError(f"{datalist}: no '{data_list_key}' entries to segment")
+    out = output_dir or os.path.join(str(parser.get_parsed_content("bundle_root")), f"prediction_{data_list_key}")
     saver = SaveImage(output_dir=out, output_postfix="seg", separate_folder=False, print_log=False, output_dtype="uint8")
     for item in items:
         image = item["image"] if isinstance(item, dict) else item
