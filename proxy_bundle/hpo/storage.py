@@ -5,7 +5,9 @@ workers). Passwords never leave this module unmasked: everything logged or writt
 from __future__ import annotations
 
 import os
+import random
 import re
+import time
 from pathlib import Path
 
 from proxy_bundle.atomic import ensure_dir
@@ -70,8 +72,20 @@ def open_storage(url: str):
         engine_kwargs["connect_args"] = {"timeout": 120}
     else:
         engine_kwargs["pool_pre_ping"] = True
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"cannot open storage: {mask_text(reason, url)}", where=mask_url(url)) from None
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
+            # Workers starting together on an empty database race to create Optuna's schema; the loser
+            # sees a duplicate table/type and simply retries against the now complete schema.
+            if attempt == 5:
+                return _raise_masked(err, url)
+            time.sleep(0.2 + random.random() * (attempt + 1))
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
+            return _raise_masked(err, url)
+    raise AssertionError("unreachable")
+
+
+def _raise_masked(err: BaseException, url: str):
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    raise InputError(f"cannot open storage: {mask_text(reason, url)}", where=mask_url(url)) from None

@@ -1,0 +1,358 @@
+"""``python -m proxy_bundle hpo``: two-phase proxy hyper-parameter search with an Auto3DSeg algorithm template.
+
+Steps: read the data source (``input.yaml`` as for ``AutoRunner``, or a dataset folder), run the data analysis
+when ``W/datastats.yaml`` is missing, build (or reuse) the proxy datalist, then search with
+:class:`~proxy_bundle.hpo.engine.TwoPhaseSearch` and write ``W/hpo/<study>/results.json`` etc.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from proxy_bundle.atomic import ensure_dir, write_yaml
+from proxy_bundle.errors import InputError
+
+__all__ = ["build_fidelities", "ensure_analysis", "hpo", "load_input", "proxy_datalist", "templates_dir"]
+
+PROXY_MODES = ("none", "data", "network", "both")
+log = logging.getLogger("proxy_bundle.hpo")
+
+
+# ---------------------------------------------------------------------------------------------- data source
+def _existing(value: str, base: Path) -> str:
+    """A path as given if it exists from the current directory, else relative to the input file's folder."""
+    p = Path(os.path.expanduser(str(value)))
+    if p.is_absolute() or p.exists():
+        return str(p.resolve())
+    return str((base / p).resolve())
+
+
+def load_input(input: str | os.PathLike | Mapping | None, work_dir: str | os.PathLike) -> dict:
+    """The data source config (``dataroot``, ``datalist``, ``modality``, ...) with absolute paths.
+
+    ``input``: an ``input.yaml``/JSON file, a dict, a dataset folder (MSD layout with ``datalist.json``), or
+    ``None`` to reuse ``W/input.yaml`` from an earlier run. The datalist is checked before anything runs.
+    """
+    from proxy_bundle.validation import load_datalist
+
+    work = Path(work_dir)
+    where = "--input"
+    if input is None:
+        if not (work / "input.yaml").is_file():
+            raise InputError("no --input given and no input.yaml in the work dir", where=str(work))
+        input = work / "input.yaml"
+    if isinstance(input, Mapping):
+        cfg, base = dict(input), Path.cwd()
+    else:
+        path = Path(os.path.expanduser(str(input)))
+        where = str(path)
+        if path.is_dir():
+            cfg, base = _from_dataset_dir(path), path
+        elif path.is_file():
+            try:
+                cfg = yaml.safe_load(path.read_text())
+            except yaml.YAMLError as err:
+                raise InputError(f"not valid YAML/JSON ({str(err).splitlines()[0]})", where=where) from None
+            if not isinstance(cfg, dict):
+                raise InputError("must be a mapping with dataroot, datalist and modality", where=where)
+            base = path.parent
+        else:
+            raise InputError("input file or dataset folder not found", where=where)
+    missing = [k for k in ("dataroot", "datalist", "modality") if not cfg.get(k)]
+    if missing:
+        raise InputError(f"missing key(s) {missing} (need dataroot, datalist, modality)", where=where)
+    cfg["dataroot"] = _existing(cfg["dataroot"], base)
+    cfg["datalist"] = _existing(cfg["datalist"], base)
+    load_datalist(cfg["datalist"], cfg["dataroot"])
+    return cfg
+
+
+def _from_dataset_dir(path: Path) -> dict:
+    datalist = path / "datalist.json"
+    if not datalist.is_file():
+        raise InputError("dataset folder has no datalist.json (give an input.yaml instead)", where=str(path))
+    modality = "CT"
+    ds = path / "dataset.json"
+    if ds.is_file():
+        try:
+            meta = json.loads(ds.read_text())
+            modality = str((meta.get("modality") or {}).get("0", modality))
+        except (OSError, ValueError, AttributeError):
+            raise InputError("dataset.json is not valid JSON", where=str(ds)) from None
+    return {"name": path.name, "dataroot": str(path), "datalist": str(datalist), "modality": modality}
+
+
+# ---------------------------------------------------------------------------------------------- analysis
+def _call_with_accepted(fn: Any, **kwargs: Any) -> Any:
+    params = inspect.signature(fn).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return fn(**kwargs)
+    return fn(**{k: v for k, v in kwargs.items() if k in params})
+
+
+def ensure_analysis(input_file: Path, cfg: Mapping, work_dir: Path, *, fraction: float, fold: int, seed: int,
+                    metric: str, mode: str, strategy: str, progress: bool = True) -> Path:
+    """``W/datastats.yaml``, made by the ``analyze`` command (DataAnalyzer + proxy selection) when missing."""
+    stats = work_dir / "datastats.yaml"
+    if stats.is_file():
+        return stats
+    from proxy_bundle.cli import COMMANDS, _load
+
+    analyze = None
+    if "analyze" in COMMANDS:
+        try:
+            analyze = _load("analyze")
+        except ImportError:
+            analyze = None
+    if analyze is not None:
+        print(f"hpo: {stats} missing: running the data analysis (analyze)")
+        _call_with_accepted(analyze, input=str(input_file), work_dir=str(work_dir), fraction=fraction,
+                            fold=fold, seed=seed, metric=metric, mode=mode, strategy=strategy, progress=progress)
+    else:
+        from monai.apps.auto3dseg import DataAnalyzer
+
+        print(f"hpo: {stats} missing: running MONAI's DataAnalyzer")
+        DataAnalyzer(cfg["datalist"], cfg["dataroot"], output_path=str(stats), device="cpu",
+                     worker=0).get_all_case_stats()
+    if not stats.is_file():
+        raise InputError("the data analysis did not produce datastats.yaml", where=str(work_dir))
+    return stats
+
+
+def proxy_datalist(cfg: Mapping, work_dir: Path, datastats: Path, *, fraction: float, fold: int, seed: int,
+                   metric: str, mode: str, strategy: str) -> str:
+    """The proxy datalist: the analysis' own (``proxy_data`` in datastats) when it has this fraction, else a
+    selection made now (and kept in ``W/hpo/proxy_data`` for later runs)."""
+    try:
+        section = (yaml.safe_load(datastats.read_text()) or {}).get("proxy_data") or {}
+    except (OSError, yaml.YAMLError):
+        section = {}
+    if isinstance(section, dict) and section.get("datalist"):
+        path = Path(str(section["datalist"]))
+        if not path.is_absolute():
+            path = datastats.parent / path
+        wanted = {"fraction": fraction, "metric": metric, "mode": mode, "strategy": strategy}
+        same = all(section.get(k) in (None, v) for k, v in wanted.items())
+        if path.is_file() and same:
+            return str(path.resolve())
+    out = ensure_dir(work_dir / "hpo" / "proxy_data") / f"proxy_{metric}_{mode}_{strategy}_f{fraction:g}_fold{fold}.json"
+    if out.is_file():
+        return str(out.resolve())
+    from proxy_bundle.selection.subset import run_selection, write_selection
+
+    print(f"hpo: selecting a {fraction:g} proxy subset ({metric}, {mode}, {strategy})")
+    selection = run_selection(cfg["datalist"], cfg["dataroot"], fraction=fraction, metric=metric, mode=mode,
+                              strategy=strategy, seed=seed, fold=fold, modality=cfg.get("modality"), progress=False)
+    write_selection(selection, out)
+    return str(out.resolve())
+
+
+# ---------------------------------------------------------------------------------------------- templates
+def templates_dir(templates: str | os.PathLike | None, work_dir: Path, algo: str) -> Path:
+    """Templates folder to use: ``templates``, else ``W/algorithm_templates``, else the repository's."""
+    if templates is not None:
+        path = Path(templates)
+    elif (work_dir / "algorithm_templates" / algo / "scripts" / "algo.py").is_file():
+        path = work_dir / "algorithm_templates"
+    else:
+        path = Path(__file__).resolve().parents[2] / "algorithm_templates"
+    if not (path / algo / "scripts" / "algo.py").is_file():
+        raise InputError(f"no algorithm template {algo!r} here (expected {algo}/scripts/algo.py); "
+                         "pass --templates", where=str(path))
+    return path.resolve()
+
+
+def _install_templates(src: Path, work_dir: Path, algo: str) -> Path:
+    """Copy the template into ``W/algorithm_templates`` once (atomic rename: concurrent workers never see half)."""
+    dest_root = ensure_dir(work_dir / "algorithm_templates")
+    dest = dest_root / algo
+    if src.resolve() == dest_root.resolve() or dest.is_dir():
+        return dest_root
+    tmp = Path(tempfile.mkdtemp(prefix=f".{algo}.", dir=dest_root))
+    shutil.copytree(src / algo, tmp / algo)
+    try:
+        os.rename(tmp / algo, dest)
+    except OSError:
+        if not dest.is_dir():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest_root
+
+
+# ---------------------------------------------------------------------------------------------- fidelities
+def build_fidelities(proxy: str, datalist: str | None, width: float, blocks: float, levels: int | None,
+                     epochs: int | None, proxy_epochs: int | None):
+    """(phase-1 fidelity, full fidelity) for a ``--proxy`` mode."""
+    from proxy_bundle.hpo.runners import Fidelity
+
+    full = Fidelity("full", epochs=epochs)
+    p_epochs = proxy_epochs if proxy_epochs is not None else epochs
+    if proxy == "none":
+        return full, full
+    use_data, use_net = proxy in ("data", "both"), proxy in ("network", "both")
+    return Fidelity(f"proxy-{proxy}", datalist=datalist if use_data else None,
+                    width=width if use_net else 1.0, blocks=blocks if use_net else 1.0,
+                    levels=levels if use_net else None, epochs=p_epochs), full
+
+
+def _positive(value: Any, name: str, *, integer: bool = False, upper: float | None = None,
+              allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
+    if ok and integer:
+        ok = int(value) == value
+    if ok and upper is not None:
+        ok = value <= upper
+    if not ok:
+        rng = f"in (0, {upper}]" if upper is not None else "> 0"
+        raise InputError(f"must be {'an integer' if integer else 'a number'} {rng}, got {value!r}", where=f"--{name}")
+    return int(value) if integer else float(value)
+
+
+# ---------------------------------------------------------------------------------------------- command
+def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, proxy: str = "both",
+        data_fraction: float = 0.25, width: float = 0.25, blocks: float = 1.0, levels: int | None = None,
+        top_k: int = 2, storage: str | None = None, pruner: str = "none", search_space: str | None = None,
+        seed: int = 0, epochs: int | None = None, proxy_epochs: int | None = None, study_name: str | None = None,
+        sampler: str = "tpe", n_startup_trials: int | None = None, algo: str = "proxyseg",
+        templates: str | None = None, fold: int = 0, overrides: Any = None, num_workers: int = 0,
+        metric: str = "mi", mode: str = "roi", strategy: str = "representative", baseline: str | None = None,
+        grace_s: float = 60.0, progress: bool = True) -> None:
+    """Two-phase proxy hyper-parameter search: trials at proxy fidelity, then the top-k retrained at full fidelity.
+
+    Re-running the same command resumes an interrupted search; several workers given the same --storage
+    (e.g. postgresql://...) and work dir (shared file system) share one search.
+
+    Args:
+        input: data source: input.yaml (dataroot, datalist, modality) as for Auto3DSeg's AutoRunner, or a dataset
+            folder with datalist.json (+ dataset.json); default: W/input.yaml of an earlier run.
+        work_dir: work dir W (datastats.yaml, algorithm_templates, hpo/ with the results).
+        n_trials: phase-1 trials.
+        proxy: none (full-fidelity baseline, no phase 2) | data (proxy data) | network (proxy network) | both.
+        data_fraction: proxy data size as a fraction of the training candidates.
+        width: proxy network channel multiplier.
+        blocks: proxy network residual-block multiplier.
+        levels: proxy network resolution levels (default: the full network's).
+        top_k: phase-1 configurations retrained at full fidelity in phase 2.
+        storage: Optuna RDB URL (default sqlite:///W/hpo/study.db); postgresql://user:pw@host/db for many workers.
+        pruner: none | median | asha | hyperband (per-epoch validation Dice; phase 1 only).
+        search_space: YAML search space (default: learning rate, weight decay, loss weights, augmentation).
+        seed: sampler seed (same seed, same search).
+        epochs: training epochs of every trial (default: the template's, derived from the dataset).
+        proxy_epochs: phase-1 epochs (default: epochs).
+        study_name: Optuna study name (default <algo>-<proxy>); phase 2 uses <name>-phase2.
+        sampler: tpe | random.
+        n_startup_trials: random trials before TPE (default: half of n_trials, 2..10).
+        algo: algorithm template name.
+        templates: algorithm templates folder (default W/algorithm_templates, else the repository's).
+        fold: validation fold of every trial.
+        overrides: fixed template settings for every trial, e.g. '{"roi_size": [64,64,64], "batch_size": 1}'.
+        num_workers: DataLoader workers per trial.
+        metric: proxy data similarity metric (mi | nmi | ncc) when a selection is made here.
+        mode: proxy data comparison mode (roi | image).
+        strategy: proxy data strategy (representative | diverse | coverage | random).
+        baseline: results.json of a proxy=none search to measure the speedup against (default: found in W/hpo).
+        grace_s: seconds without heartbeat after which another worker's running trial counts as interrupted.
+        progress: show progress bars.
+    """
+    from proxy_bundle.hpo.sampling import PRUNERS, SAMPLERS
+
+    proxy = str(proxy).lower()
+    if proxy not in PROXY_MODES:
+        raise InputError(f"unknown proxy mode {proxy!r}; use one of {list(PROXY_MODES)}", where="--proxy")
+    if str(pruner).lower() not in PRUNERS:
+        raise InputError(f"unknown pruner {pruner!r}; use one of {list(PRUNERS)}", where="--pruner")
+    if str(sampler).lower() not in SAMPLERS:
+        raise InputError(f"unknown sampler {sampler!r}; use one of {list(SAMPLERS)}", where="--sampler")
+    n_trials = _positive(n_trials, "n_trials", integer=True)
+    top_k = _positive(top_k, "top_k", integer=True)
+    data_fraction = _positive(data_fraction, "data_fraction", upper=1.0)
+    width = _positive(width, "width")
+    blocks = _positive(blocks, "blocks")
+    levels = _positive(levels, "levels", integer=True, allow_none=True)
+    epochs = _positive(epochs, "epochs", integer=True, allow_none=True)
+    proxy_epochs = _positive(proxy_epochs, "proxy_epochs", integer=True, allow_none=True)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"must be an integer >= 0, got {seed!r}", where="--seed")
+    if top_k > n_trials:
+        raise InputError(f"top_k ({top_k}) cannot exceed n_trials ({n_trials})", where="--top_k")
+    if isinstance(overrides, str):
+        try:
+            overrides = yaml.safe_load(overrides)
+        except yaml.YAMLError:
+            raise InputError("not a YAML/JSON mapping", where="--overrides") from None
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise InputError(f"must be a mapping of template settings, got {overrides!r}", where="--overrides")
+
+    from proxy_bundle.hpo.space import load_space
+
+    space = load_space(search_space)
+    work = ensure_dir(Path(work_dir).resolve())
+    hpo_dir = ensure_dir(work / "hpo")
+    cfg = load_input(input, work)
+    input_file = work / "input.yaml"
+    if not input_file.is_file() or (yaml.safe_load(input_file.read_text()) or {}) != cfg:
+        write_yaml(input_file, cfg)
+
+    from proxy_bundle.hpo.api import run_search
+    from proxy_bundle.hpo.engine import SearchConfig
+    from proxy_bundle.hpo.runners import AlgoRunner
+    from proxy_bundle.hpo.storage import mask_url, resolve_url
+
+    stats = ensure_analysis(input_file, cfg, work, fraction=data_fraction, fold=fold, seed=seed, metric=metric,
+                            mode=mode, strategy=strategy, progress=bool(progress))
+    datalist = None
+    if proxy in ("data", "both"):
+        datalist = proxy_datalist(cfg, work, stats, fraction=data_fraction, fold=fold, seed=seed, metric=metric,
+                                  mode=mode, strategy=strategy)
+    phase1_fid, full_fid = build_fidelities(proxy, datalist, width, blocks, levels, epochs, proxy_epochs)
+
+    tpl = _install_templates(templates_dir(templates, work, algo), work, algo)
+    base = {"cache_dir": str(hpo_dir / "preprocessed_cache"), "num_workers": int(num_workers)}
+    base.update(dict(overrides or {}))
+    runner = AlgoRunner.from_templates(tpl, algo, work, stats, input_file, fold=fold, base_overrides=base)
+
+    name = study_name or f"{algo}-{proxy}"
+    url = resolve_url(storage, work)
+    config = SearchConfig(study_name=name, space=space, proxy=phase1_fid, full=full_fid, n_trials=n_trials,
+                          top_k=top_k, seed=seed, sampler=str(sampler).lower(), pruner=str(pruner).lower(),
+                          n_startup_trials=n_startup_trials, out_dir=str(hpo_dir / name), grace_s=float(grace_s),
+                          heartbeat_s=min(10.0, float(grace_s) / 4), progress_bar=bool(progress))
+    print(f"hpo: study {name!r} in {mask_url(url)}: {n_trials} trial(s) at {phase1_fid.name}"
+          + (f", then top {top_k} at full fidelity" if config.two_phase else ""))
+    t0 = time.time()
+    summary = run_search(config, runner, url, proxy_mode=proxy, baseline=baseline, latest_dir=hpo_dir)
+    _print_summary(summary, time.time() - t0)
+
+
+def _print_summary(s: Mapping[str, Any], elapsed: float) -> None:
+    best = s["best"]
+    print(f"best score {best['score']:.4f} (trial {best['trial']}, phase {best['phase']}"
+          + (f", proxy score {best['proxy_score']:.4f}" if best.get("proxy_score") is not None else "") + ")")
+    for k, v in best["params"].items():
+        print(f"  {k} = {v:.4g}" if isinstance(v, float) else f"  {k} = {v}")
+    for phase, st in s["phases"].items():
+        states = ", ".join(f"{n} {k.lower()}" for k, n in sorted(st.get("states", {}).items()))
+        print(f"{phase}: {st.get('trials', 0)} trial(s) ({states}), compute {st.get('compute_s', 0):.1f} s")
+    sp = s["speedup"]
+    if sp.get("speedup"):
+        print(f"speedup vs full-fidelity search: {sp['speedup']:.2f}x ({sp['kind']}: {sp['how']})")
+    pv = s.get("proxy_vs_full")
+    if pv and pv.get("spearman") is not None:
+        print(f"proxy vs full rank correlation (phase-2 configs): Spearman {pv['spearman']:.2f}")
+    print(f"model: {best.get('model_path')}")
+    print(f"wrote {s['outputs']['results']}, {s['outputs']['best_params']} and plots in "
+          f"{Path(s['outputs']['history_png']).parent} ({elapsed:.0f} s)")
