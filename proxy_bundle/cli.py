@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "study": ("proxy_bundle.study.command:study", "Measure how well proxy data/networks rank configurations; report."),
     "select": ("proxy_bundle.selection.subset:select", "Select a proxy subset of the training cases by image similarity."),
     "analyze": ("proxy_bundle.selection.analyzer:analyze", "Auto3DSeg DataAnalyzer plus proxy-data selection (datastats.yaml)."),
+    "hpo": ("proxy_bundle.hpo.command:hpo", "Two-phase proxy hyper-parameter search (Optuna): proxy trials, then top-k at full fidelity."),
 }
 
 
