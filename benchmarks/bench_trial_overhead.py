@@ -10,7 +10,7 @@ each in its own checkpoint folder, and reads the timestamps ``train.py`` writes 
 Overhead of a trial = first training step - launch (measured by this script around ``subprocess``), as a share
 of the trial's wall time (launch to exit). Target: <= 15 % for warm trials.
 
-    python benchmarks/bench_trial_overhead.py [--cases 24 --size 64 --proxy_cases 8 --epochs 10 --trials 3]
+    python benchmarks/bench_trial_overhead.py [--cases 16 --size 64 --proxy_cases 8 --epochs 10 --trials 2]
 
 Prints one summary line at the end. Timings depend on the machine and its load; re-run on a quiet machine.
 """
@@ -42,7 +42,8 @@ def prepare(work: Path, cases: int, size: int, proxy_cases: int) -> tuple[Path, 
     data = work / "data"
     generate_dataset("spleen_ct", data, num_cases=cases, num_external=0, size=size, seed=0)
     stats = work / "datastats.yaml"
-    DataAnalyzer(str(data / "datalist.json"), str(data), output_path=str(stats), device="cpu", worker=2).get_all_case_stats()
+    analyzer = DataAnalyzer(str(data / "datalist.json"), str(data), output_path=str(stats), device="cpu", worker=2)
+    analyzer.get_all_case_stats()
     src = work / "input.yaml"
     src.write_text(yaml.safe_dump({"modality": "CT", "dataroot": str(data), "datalist": str(data / "datalist.json")}))
     gen = BundleGen(algo_path=str(work), algos="proxyseg", templates_path_or_url=str(TEMPLATES),
@@ -81,11 +82,11 @@ def run_trial(bundle: Path, ckpt: Path, overrides: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", type=int, default=24)
+    ap.add_argument("--cases", type=int, default=16)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--proxy_cases", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--trials", type=int, default=3, help="warm trials after the cold one")
+    ap.add_argument("--trials", type=int, default=2, help="warm trials after the cold one")
     ap.add_argument("--width", type=float, default=0.5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one)")
@@ -104,7 +105,8 @@ def main() -> None:
             r["share"] = r["overhead_s"] / r["wall_s"]
             results.append(r)
             kind = "cold" if i == 0 else "warm"
-            print(f"trial {i} ({kind}): wall {r['wall_s']:.1f}s, overhead {r['overhead_s']:.1f}s ({100 * r['share']:.1f}%)"
+            print(f"trial {i} ({kind}): wall {r['wall_s']:.1f}s, overhead {r['overhead_s']:.1f}s"
+                  f" ({100 * r['share']:.1f}%)"
                   f" = start-up+imports {r['startup_s']:.1f}s + setup {r['setup_s']:.1f}s"
                   f" + first batch {r['first_batch_s']:.1f}s; training {r['train_s']:.1f}s;"
                   f" {r['num_train_cases']} cases, {r['num_parameters']} parameters", flush=True)
@@ -112,8 +114,9 @@ def main() -> None:
         share = statistics.median(r["share"] for r in warm)
         cold = results[0]
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        overhead = statistics.median(r["overhead_s"] for r in warm)
         print(
-            f"trial overhead (warm cache, median of {len(warm)}): {statistics.median(r['overhead_s'] for r in warm):.1f}s"
+            f"trial overhead (warm cache, median of {len(warm)}): {overhead:.1f}s"
             f" of {statistics.median(r['wall_s'] for r in warm):.1f}s = {100 * share:.1f}% (target <= 15%: "
             f"{'met' if share <= 0.15 else 'NOT met'}); cold first trial {cold['overhead_s']:.1f}s of "
             f"{cold['wall_s']:.1f}s; {args.proxy_cases} proxy cases at {args.size}^3, {args.epochs} epochs, "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -57,13 +56,15 @@ def _datastats(dataset: Path, out: Path) -> Path:
     from monai.apps.auto3dseg import DataAnalyzer
 
     path = out / "datastats.yaml"
-    DataAnalyzer(str(dataset / "datalist.json"), str(dataset), output_path=str(path), device="cpu", worker=0).get_all_case_stats()
+    analyzer = DataAnalyzer(str(dataset / "datalist.json"), str(dataset), output_path=str(path), device="cpu", worker=0)
+    analyzer.get_all_case_stats()
     return path
 
 
 def _input_yaml(dataset: Path, out: Path, modality: str) -> Path:
     path = out / "input.yaml"
-    path.write_text(yaml.safe_dump({"modality": modality, "dataroot": str(dataset), "datalist": str(dataset / "datalist.json")}))
+    src = {"modality": modality, "dataroot": str(dataset), "datalist": str(dataset / "datalist.json")}
+    path.write_text(yaml.safe_dump(src))
     return path
 
 
@@ -190,7 +191,9 @@ def test_fill_template_config_mr_with_proxy_data(prostate_phantom, tmp_path, alg
     assert cfg["output_classes"] == 3
     assert cfg["spacing"] == pytest.approx(stats["stats_summary"]["image_stats"]["spacing"]["median"])
     assert cfg["proxy"]["datalist"] == str(tmp_path / "proxy" / "datalist_proxy.json")
-    assert cfg["proxy"]["selection"] == {"metric": "mutual_information", "mode": "image", "strategy": "top_k", "num_selected": 2}
+    assert cfg["proxy"]["selection"] == {
+        "metric": "mutual_information", "mode": "image", "strategy": "top_k", "num_selected": 2
+    }
     assert cfg["proxy"]["enabled"] is False  # selection recorded; a search switches it on per trial
     assert algo.proxy_data["selected"] == ["prostate_000", "prostate_003"]
 
@@ -270,8 +273,9 @@ def test_proxy_on_off(bundle, spleen_phantom, train_module, pipeline):
     assert proxy["num_val_cases"] == full["num_val_cases"] == n_val
 
     cfg = _filled(bundle)
+    blocks_down = tuple(cfg["network"]["blocks_down"])
     base = {"spatial_dims": 3, "init_filters": 8, "in_channels": 1, "out_channels": 2, "norm": "INSTANCE", "dsdepth": 1,
-            "blocks_down": tuple(cfg["network"]["blocks_down"]), "blocks_up": (1,) * (len(cfg["network"]["blocks_down"]) - 1)}
+            "blocks_down": blocks_down, "blocks_up": (1,) * (len(blocks_down) - 1)}
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
     assert full["num_parameters"] == count(scaled_network("segresnetds", base, ProxySpec()))
     assert proxy["num_parameters"] == count(scaled_network("segresnetds", base, ProxySpec(width=0.5, blocks=0.5)))

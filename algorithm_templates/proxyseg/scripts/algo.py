@@ -159,7 +159,8 @@ class ProxysegAlgo(BundleAlgo):
             stats_dir = os.path.dirname(os.path.abspath(str(data_stats_filename)))
             record["cache_dir"] = os.path.join(stats_dir, "preprocessed_cache")
             record.update(self.derive_settings(data_stats, data_src))
-            self.proxy_data = _plain(data_stats.get("proxy_data")) if isinstance(data_stats.get("proxy_data"), dict) else None
+            proxy_data = data_stats.get("proxy_data")
+            self.proxy_data = _plain(proxy_data) if isinstance(proxy_data, dict) else None
         else:
             record = dict(deepcopy(self.fill_records.get(HYPER_PARAMETERS, {})))
             record["bundle_root"] = os.path.abspath(output_path)

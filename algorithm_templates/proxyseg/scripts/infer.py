@@ -42,7 +42,8 @@ class InferClass:
         known = {k: v for k, v in override.items() if str(k).replace("::", "#").split("#")[0] in parser.get()}
         for key, value in known.items():
             parser[str(key).replace("::", "#")] = pl._coerce(value)
-        self.cfg = {k: parser.get_parsed_content(k) for k in ("ckpt_path", "infer", "sw_batch_size", "sw_overlap", "amp")}
+        keys = ("ckpt_path", "infer", "sw_batch_size", "sw_overlap", "amp")
+        self.cfg = {k: parser.get_parsed_content(k) for k in keys}
         ckpt_name = str(self.cfg["infer"]["ckpt_name"])
         if not os.path.isfile(ckpt_name):
             raise FileNotFoundError(f"{ckpt_name}: no trained model (run train.py first)")
@@ -116,7 +117,9 @@ def run(
     if not items:
         raise pl.ConfigError(f"{datalist}: no '{data_list_key}' entries to segment")
     out = output_dir or os.path.join(str(parser.get_parsed_content("bundle_root")), f"prediction_{data_list_key}")
-    saver = SaveImage(output_dir=out, output_postfix="seg", separate_folder=False, print_log=False, output_dtype="uint8")
+    saver = SaveImage(
+        output_dir=out, output_postfix="seg", separate_folder=False, print_log=False, output_dtype="uint8"
+    )
     for item in items:
         image = item["image"] if isinstance(item, dict) else item
         image = os.path.join(base_dir, image) if isinstance(image, str) else [os.path.join(base_dir, i) for i in image]

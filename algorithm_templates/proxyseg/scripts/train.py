@@ -249,6 +249,8 @@ def _train(config_file: str | Sequence[str], override: dict) -> None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            # The restored schedule keeps the old length; a run extended to more epochs decays over the new one.
+            scheduler.t_total = max(num_epochs, 1)
             scaler.load_state_dict(state["scaler"])
             history = list(state["history"])
             best, best_epoch = float(state["best"]), int(state["best_epoch"])
