@@ -335,3 +335,22 @@ def test_infer_class_returns_probabilities(bundle, spleen_phantom, train_module)
     assert type(prob).__name__ == "MetaTensor"
     assert tuple(prob.shape) == (2, *nib.load(str(image)).shape)
     assert torch.allclose(prob.sum(0), torch.ones(prob.shape[1:]), atol=1e-4)
+
+
+def test_analyze_proxy_data_drives_proxy_training(spleen_phantom, tmp_path, algo_module, train_module):
+    """``python -m proxy_bundle analyze`` output -> filled proxy#datalist -> proxy training on exactly that subset."""
+    from proxy_bundle.selection.analyzer import analyze
+
+    work = tmp_path / "work"
+    src = _input_yaml(spleen_phantom, tmp_path, "CT")
+    analyze(str(src), str(work), count=3, fold=0, device="cpu", progress=False)
+    section = yaml.safe_load((work / "datastats.yaml").read_text())["proxy_data"]
+    algo = _export(algo_module, work / "datastats.yaml", src, work)
+    cfg = _filled(work / "proxyseg_0")
+    assert cfg["proxy"]["datalist"] == section["datalist"]
+    assert cfg["proxy"]["selection"]["num_selected"] == len(section["selected"]) == 3
+    assert algo.proxy_data["selected"] == section["selected"]
+
+    train_module.run(_config(work / "proxyseg_0"), num_epochs=1, num_workers=0,
+                     **{"proxy#enabled": "true", "network#init_filters": 4})
+    assert _timing(work / "proxyseg_0")["num_train_cases"] == 3
