@@ -114,10 +114,10 @@ def bench_scale(cases: int, threads: int | None) -> dict:
     x = synthetic_cases(cases, 32, seed=2)
     codes = quantize(x, 32)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    t0 = time.perf_counter()
-    mi = pairwise_mi(codes, bins=32, threads=threads).numpy()
-    scores = mean_similarity(mi)
-    t_mi = time.perf_counter() - t0
+    with Timer() as mi_t:
+        mi = pairwise_mi(codes, bins=32, threads=threads).numpy()
+        scores = mean_similarity(mi)
+    t_mi = mi_t.wall
     t0 = time.perf_counter()
     ncc = pairwise_ncc(x).numpy()
     mean_similarity(ncc)
@@ -128,7 +128,7 @@ def bench_scale(cases: int, threads: int | None) -> dict:
         choose(mi, strategy, k, seed=0)
     t_strat = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"cases": cases, "grid": 32, "mi_s": t_mi, "ncc_s": t_ncc, "strategies_s": t_strat,
+    return {"cases": cases, "grid": 32, "mi_s": t_mi, "mi_cpu_s": mi_t.cpu, "ncc_s": t_ncc, "strategies_s": t_strat,
             "rss_after_data_mib": rss_before, "peak_rss_mib": peak, "score_range": [float(scores.min()),
                                                                                     float(scores.max())]}
 
@@ -148,15 +148,14 @@ def bench_pipeline(cases: int, size: int) -> dict:
         config = PreprocessConfig(mode="roi", grid=48, spacing=spacing, modality="ct")
         list(iter_case_features(files[:2], config))  # warm-up: MONAI imports and transform construction
 
-        t0 = time.perf_counter()
-        for _ in iter_case_features(files, config):
-            pass
-        t_load = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        sel = run_selection(datalist, fraction=0.25, metric="mi", mode="roi", grid=48, progress=False)
-        t_all = time.perf_counter() - t0
-    return {"files": len(files), "phantom_size": size, "grid": 48, "load_preprocess_s": t_load, "selection_s": t_all,
-            "ratio": t_all / t_load, "selected": len(sel.selected)}
+        with Timer() as load_t:
+            for _ in iter_case_features(files, config):
+                pass
+        with Timer() as all_t:
+            sel = run_selection(datalist, fraction=0.25, metric="mi", mode="roi", grid=48, progress=False)
+    return {"files": len(files), "phantom_size": size, "grid": 48, "load_preprocess_s": load_t.wall,
+            "load_preprocess_cpu_s": load_t.cpu, "selection_s": all_t.wall, "selection_cpu_s": all_t.cpu,
+            "ratio": all_t.wall / load_t.wall, "ratio_cpu": all_t.cpu / load_t.cpu, "selected": len(sel.selected)}
 
 
 def main() -> None:
@@ -189,13 +188,14 @@ def main() -> None:
             cmd += ["--threads", str(args.threads)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         results["scale"] = r = json.loads(out)
-        print(f"scale: {r['cases']} cases at 32^3: MI {r['mi_s']:.1f} s, NCC {r['ncc_s']:.1f} s, 4 strategies "
+        print(f"scale: {r['cases']} cases at 32^3: MI {r['mi_s']:.1f} s (cpu {r['mi_cpu_s']:.1f} s), NCC {r['ncc_s']:.1f} s, 4 strategies "
               f"{r['strategies_s']:.1f} s; peak RSS {r['peak_rss_mib']:.0f} MiB "
               f"({r['rss_after_data_mib']:.0f} MiB after imports and data)", flush=True)
     if args.part in ("all", "pipeline"):
         results["pipeline"] = r = bench_pipeline(args.phantom_cases, args.phantom_size)
         print(f"pipeline: {r['files']} phantom files ({r['phantom_size']}^3): load+preprocess {r['load_preprocess_s']:.1f}"
-              f" s, whole selection {r['selection_s']:.1f} s (ratio {r['ratio']:.2f})", flush=True)
+              f" s (cpu {r['load_preprocess_cpu_s']:.1f} s), whole selection {r['selection_s']:.1f} s "
+              f"(cpu {r['selection_cpu_s']:.1f} s): ratio {r['ratio']:.2f} wall, {r['ratio_cpu']:.2f} cpu", flush=True)
 
     parts = []
     if "speedup" in results:
