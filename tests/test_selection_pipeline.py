@@ -97,6 +97,16 @@ def test_empty_label_falls_back_to_image_mode(spleen_phantom: Path, tmp_path: Pa
     assert any(name in w and "empty label" in w for w in result.warnings)
 
 
+def test_mr_uses_percentile_scaling(prostate_phantom: Path):
+    result = run_selection(prostate_phantom / "datalist.json", fraction=0.5, metric="nmi", strategy="coverage",
+                           **FAST)
+    prov = result.scores["provenance"]
+    assert prov["modality"] == "mr" and prov["mr_percentiles"] == [0.5, 99.5]
+    assert prov["modality_source"].endswith("dataset.json")
+    sim = np.array(result.scores["similarity"])
+    assert np.allclose(np.diag(sim), 1.0) and (sim >= 0).all() and (sim <= 1).all()
+
+
 def test_validation_list_keeps_all_training_as_candidates(spleen_phantom: Path, tmp_path: Path):
     source = _read(spleen_phantom / "datalist.json")
     train = [{k: v for k, v in e.items() if k != "fold"} for e in source["training"][:6]]

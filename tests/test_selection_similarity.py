@@ -158,3 +158,12 @@ def test_metric_names_agree_with_the_command():
     from proxy_bundle.selection import similarity, subset
 
     assert subset.METRICS == similarity.METRICS
+
+
+def test_accelerator_bincount_kernel_matches(stack):
+    """The kernel used with CUDA bincount, run here on CPU tensors: same joint entropies as the CPU kernel."""
+    from proxy_bundle.selection.similarity import _joint_entropy_bincount, _joint_entropy_bincount_device
+
+    codes = quantize(stack, 16)
+    np.testing.assert_allclose(_joint_entropy_bincount_device(codes, 16, None).numpy(),
+                               _joint_entropy_bincount(codes, 16, 1, None).numpy(), atol=1e-12)
