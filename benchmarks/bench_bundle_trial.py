@@ -14,6 +14,7 @@ Timings are wall-clock on whatever machine runs the script; run it on a quiet ma
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -38,6 +39,8 @@ def main() -> None:
     ap.add_argument("--blocks", type=float, default=0.5)
     ap.add_argument("--fraction", type=float, default=0.5)
     ap.add_argument("--work", help="work folder (default: a temporary one)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help='extra train-config override for both trials, e.g. --set pixdim=[0.75,0.75,1.5]')
     args = ap.parse_args()
 
     from proxy_bundle.bundle_support import select_proxy_data
@@ -56,6 +59,9 @@ def main() -> None:
     base = {"dataset_dir": str(data), "val_interval": 1, "num_workers": 0}
     if args.roi:
         base["roi_size"] = list(args.roi)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        base[key] = json.loads(value)
     runner = BundleRunner(REPO / "bundles" / args.bundle, base_overrides=base, env=env)
     t0 = time.monotonic()
     proxy_list = select_proxy_data(data, work / "proxy_datalist.json", fraction=args.fraction)

@@ -123,9 +123,9 @@ def test_configs_satisfy_monai_workflow_properties(name, request, tmp_path):
     root = BUNDLES / name / "configs"
     for config, kind in (("train.json", "train"), ("inference.json", "infer"), ("evaluate.json", "infer")):
         workflow = ConfigWorkflow(config_file=str(root / config), meta_file=str(root / "metadata.json"),
-                                  logging_file=False, workflow_type=kind, dataset_dir=str(data),
-                                  input_dir=str(data / "imagesExt"), output_dir=str(tmp_path), num_workers=0,
-                                  cache_rate=0.0)
+                                  logging_file=False, workflow_type=kind, bundle_root=str(tmp_path),
+                                  dataset_dir=str(data), input_dir=str(data / "imagesExt"),
+                                  output_dir=str(tmp_path), num_workers=0, cache_rate=0.0)
         workflow.initialize()
         assert workflow.check_properties() == [], f"{config} misses MONAI {kind} properties"
 
