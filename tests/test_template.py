@@ -326,7 +326,8 @@ def test_infer_class_returns_probabilities(bundle, spleen_phantom, train_module)
     import nibabel as nib
     import torch
 
-    train_module.run(_config(bundle), num_epochs=1, num_workers=0, **{"network#init_filters": 4})
+    # deep supervision on: training combines the heads' losses, inference uses the full-resolution head only
+    train_module.run(_config(bundle), num_epochs=1, num_workers=0, **{"network#init_filters": 4, "network#dsdepth": 2})
     infer_module = _load("proxyseg_infer_under_test", bundle / "scripts" / "infer.py")
     configs = [str(p) for p in (bundle / "configs").iterdir()]
     inferer = infer_module.InferClass(configs, rank=0, image_save_func={"_target_": "SaveImage"})

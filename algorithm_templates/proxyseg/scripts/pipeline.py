@@ -261,7 +261,8 @@ def train_random_transforms(cfg: Mapping[str, Any]) -> list:
             prob=float(aug["prob_intensity_shift"]),
         ),
         RandGaussianNoised(keys="image", std=float(aug.get("noise_std", 0.1)), prob=float(aug["prob_noise"])),
-        EnsureTyped(keys=keys, dtype=["float32", "int64"], track_meta=False),
+        # Float labels: deep supervision resizes them to each head's resolution, which integer tensors do not allow.
+        EnsureTyped(keys=keys, dtype="float32", track_meta=False),
     ]
 
 

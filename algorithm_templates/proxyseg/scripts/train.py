@@ -108,7 +108,7 @@ def _make_loaders(cfg: dict, pl, dist_info: _Dist, train_items: list, val_items:
     from monai.transforms import Compose, RandomizableTrait
 
     prep = pl.preprocessing(cfg)
-    cache_dir = os.path.join(str(cfg["cache_dir"]), pl.preprocessing_hash(prep))
+    cache_dir = os.path.join(os.path.abspath(str(cfg["cache_dir"])), pl.preprocessing_hash(prep))
     os.makedirs(cache_dir, exist_ok=True)
     # PersistentDataset writes each case to a temp dir and then moves it into place; a temp dir on the cache's own
     # file system makes that move an atomic rename, so concurrent trials never read half a file.
