@@ -136,6 +136,14 @@ def test_select_errors(spleen_phantom: Path, tmp_path: Path, kwargs, match):
         run_selection(spleen_phantom / "datalist.json", **{**FAST, **kwargs})
 
 
+def test_select_refuses_to_overwrite_its_input(spleen_phantom: Path):
+    datalist = spleen_phantom / "datalist.json"
+    before = datalist.read_bytes()
+    with pytest.raises(InputError, match="overwrite the input datalist"):
+        select(str(datalist), count=2, metric="ncc", mode="image", out=str(datalist), **FAST)
+    assert datalist.read_bytes() == before
+
+
 def test_analyze_merges_proxy_data(spleen_phantom: Path, tmp_path: Path):
     from monai.bundle import ConfigParser
 

@@ -388,6 +388,9 @@ def write_selection(selection: Selection, out: str | os.PathLike, scores: str | 
     scores_path = Path(scores) if scores is not None else default_scores_path(out_path)
     if scores_path.resolve() == out_path.resolve():
         raise InputError("the scores file and the proxy datalist must be different files", where=str(out_path))
+    source = Path(selection.scores["provenance"]["datalist"]).resolve()
+    if source in (out_path.resolve(), scores_path.resolve()):
+        raise InputError("would overwrite the input datalist; choose another --out/--scores", where=str(out_path))
     selection.scores["provenance"]["proxy_datalist"] = str(out_path.resolve())
     write_json(scores_path, selection.scores)
     write_json(out_path, selection.proxy_datalist)
