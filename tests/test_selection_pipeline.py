@@ -174,6 +174,15 @@ def test_analyze_merges_proxy_data(spleen_phantom: Path, tmp_path: Path):
     again = ConfigParser.load_config_file(str(work / "datastats.yaml"))
     assert again["proxy_data"]["n_selected"] == 2 and again["stats_summary"] == stats["stats_summary"]
 
+    # Auto3DSeg runs on the merged analysis without analysing again
+    from monai.apps.auto3dseg import AutoRunner
+
+    runner = AutoRunner(work_dir=str(work), input=str(cfg), analyze=False, algo_gen=True, train=False,
+                        ensemble=False, algos=["proxyseg"], templates_path_or_url=str(REPO / "algorithm_templates"))
+    runner.run()
+    assert (work / "proxyseg_0").is_dir()
+    assert ConfigParser.load_config_file(str(work / "datastats.yaml"))["proxy_data"] == again["proxy_data"]
+
 
 def test_analyzer_with_seg_summarizer(spleen_phantom: Path):
     import torch
