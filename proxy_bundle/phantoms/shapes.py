@@ -79,7 +79,8 @@ class Canvas:
 
     def level(self, shape: Ellipsoid, rough: float = 0.0, n_ctrl: int = 5) -> tuple[tuple[slice, slice, slice], np.ndarray]:
         """A shape's level set inside its box; ``rough`` adds a smooth random surface perturbation."""
-        sl = self.box(shape.centre, shape.half_extent())
+        # The perturbation can push the surface outward by a few ``rough`` (a unit-variance field).
+        sl = self.box(shape.centre, tuple(h * (1.0 + 3.0 * rough) for h in shape.half_extent()))  # type: ignore[arg-type]
         x, y, z = self.coords(sl)
         lev = shape.level(x, y, z)
         if rough and lev.size:
