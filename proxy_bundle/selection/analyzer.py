@@ -297,7 +297,7 @@ def analyze(
         progress: show progress bars.
     """
     from proxy_bundle.atomic import ensure_dir
-    from proxy_bundle.selection.subset import run_selection, write_selection
+    from proxy_bundle.selection.subset import brief_list, run_selection, write_selection
     from proxy_bundle.validation import load_datalist, resolve
 
     if fraction is None and count is None:
@@ -375,5 +375,5 @@ def analyze(
     merge_proxy_data(datastats, by_case, section, per_case)
     _mark_cache(work, datastats)
     print(f"selected {summ['n_selected']} of {summ['n_candidates']} candidates ({metric}, {mode}, {strategy}): "
-          f"{', '.join(summ['selected'])}")
+          f"{brief_list(summ['selected'])}")
     print(f"wrote {datastats} (proxy_data), {by_case}, {out_path} and {scores_path}")

@@ -62,6 +62,14 @@ def case_id(entry: dict) -> str:
     return name
 
 
+def brief_list(names: Sequence[str], limit: int = 12) -> str:
+    """``a, b, c`` or ``a, b, ... (n more)`` for console summaries."""
+    names = list(names)
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f", ... ({len(names) - limit} more)"
+
+
 def default_scores_path(out: str | os.PathLike) -> Path:
     """``<out stem>_scores.json`` next to ``out``."""
     p = Path(out)
@@ -465,5 +473,5 @@ def select(
     kept = {"fold": f"validation fold {v.get('fold')} kept ({v['n_cases']} cases)",
             "list": f"validation list kept ({v['n_cases']} cases)", "none": "no validation cases"}[v["kind"]]
     print(f"selected {s['n_selected']} of {s['n_candidates']} candidates ({metric}, {mode}, {strategy}); {kept}")
-    print(f"selected: {', '.join(s['selected'])}")
+    print(f"selected: {brief_list(s['selected'])}")
     print(f"wrote {out_path} and {scores_path}")
