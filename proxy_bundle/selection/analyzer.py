@@ -159,6 +159,8 @@ def _source_path(value: Any, key: str, config_path: Path) -> Path:
 
 
 def _normpath(p: Any) -> str:
+    if isinstance(p, (list, tuple)) and p:  # multi-file (one file per channel) images: the first file names the case
+        p = p[0]
     return os.path.normcase(os.path.abspath(os.path.normpath(str(p))))
 
 
