@@ -87,3 +87,20 @@ def test_subset_size_errors(kwargs, match):
 def test_unknown_strategy(sim):
     with pytest.raises(InputError, match="unknown strategy"):
         choose(sim, "best", 2)
+
+
+def test_selected_folds_stay_contiguous():
+    from proxy_bundle.selection.subset import _contiguous_folds
+
+    def folds(entries):
+        return [e["fold"] for e in entries]
+
+    keep = [{"image": "a", "fold": 1}, {"image": "b", "fold": 2}]
+    assert folds(_contiguous_folds(0, keep)) == [1, 2]  # already contiguous with fold 0: untouched
+    assert folds(_contiguous_folds(0, [{"image": "a", "fold": 3}, {"image": "b", "fold": 3}])) == [1, 1]
+    assert folds(_contiguous_folds(2, [{"image": "a", "fold": 4}, {"image": "b", "fold": 1}])) == [1, 0]
+    assert folds(_contiguous_folds(3, [{"image": "a", "fold": 4}, {"image": "b", "fold": 4},
+                                       {"image": "c", "fold": 4}])) == [0, 1, 2]
+    with pytest.raises(InputError, match="cannot fill folds"):
+        _contiguous_folds(3, [{"image": "a", "fold": 4}])
+    assert _contiguous_folds(0, [{"image": "a"}]) == [{"image": "a"}]  # no folds: nothing to renumber
