@@ -215,7 +215,10 @@ def _joint_entropy_matmul(codes: torch.Tensor, bins: int, device: torch.device, 
 
     def one_hot(lo: int, hi: int) -> torch.Tensor:
         # [V, cases*bins]; float32 keeps integer counts exact up to 2**24 voxels, also under TF32 (0/1 inputs).
-        return torch.nn.functional.one_hot(codes[lo:hi].T, bins).reshape(v, (hi - lo) * bins).to(torch.float32)
+        # Scattered straight into float32: F.one_hot would first build an int64 tensor twice the size.
+        oh = torch.zeros(v, hi - lo, bins, dtype=torch.float32, device=device)
+        oh.scatter_(2, codes[lo:hi].T.unsqueeze(-1), 1.0)
+        return oh.view(v, (hi - lo) * bins)
 
     for i0 in range(0, n, block):
         i1 = min(n, i0 + block)
