@@ -15,6 +15,7 @@ from proxy_bundle.hpo.space import default_space
 
 # Tiny trainings: the whole phantom fits one patch; a small full network keeps the phase-2 trial short.
 TINY = {"roi_size": [32, 32, 32], "batch_size": 1, "num_epochs_per_validation": 1, "network#init_filters": 8,
+        "num_workers": 0,
         "sw_batch_size": 1}
 PNG = b"\x89PNG\r\n\x1a\n"
 

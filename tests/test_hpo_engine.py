@@ -199,3 +199,26 @@ def test_median_pruning_stops_bad_trials(tmp_path):
     # Pruned after the warm-up epoch: fewer epochs than the 2 it would have trained.
     assert all(len(t["scores"]) < 2 for t in pruned)
     assert (out / "plots" / "optimization_history.png").stat().st_size > 0
+
+
+def test_runner_reports_epochs_kills_on_prune_and_times_out(tmp_path, monkeypatch):
+    from proxy_bundle.hpo.runners import CommandRunner, Fidelity, TrialFailed
+
+    cmd = [sys.executable, str(HERE / "hpo_toy_trainer.py"), "run"]
+    monkeypatch.setenv("TOY_SLEEP", "0.05")
+    seen = []
+    result = CommandRunner(cmd, poll_s=0.05).run({"x": 0.3, "y": 0.01}, Fidelity(epochs=3), tmp_path / "a",
+                                                  lambda e, s: seen.append((e, s)) or False)
+    assert [e for e, _ in seen] == [1, 2, 3] and result.scores == seen and not result.pruned
+    assert result.score == pytest.approx(max(s for _, s in seen)) and result.model_path.endswith("model.pt")
+
+    monkeypatch.setenv("TOY_SLEEP", "0.4")
+    t0 = time.monotonic()
+    pruned = CommandRunner(cmd, poll_s=0.05).run({"x": 0.3}, Fidelity(epochs=20), tmp_path / "b", lambda e, s: True)
+    assert pruned.pruned and [e for e, _ in pruned.scores] == [1] and time.monotonic() - t0 < 6
+
+    with pytest.raises(TrialFailed, match="time limit"):
+        CommandRunner(cmd, poll_s=0.05, timeout_s=1.0).run({}, Fidelity(epochs=20), tmp_path / "c", lambda e, s: False)
+    failing = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
+    with pytest.raises(TrialFailed, match="code 3(.|\n)*boom"):
+        CommandRunner(failing, poll_s=0.05).run({}, Fidelity(), tmp_path / "d", lambda e, s: False)

@@ -230,7 +230,7 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         sampler: str = "tpe", n_startup_trials: int | None = None, algo: str = "proxyseg",
         templates: str | None = None, fold: int = 0, overrides: Any = None, num_workers: int = 0,
         metric: str = "mi", mode: str = "roi", strategy: str = "representative", baseline: str | None = None,
-        grace_s: float = 60.0, progress: bool = True) -> None:
+        grace_s: float = 60.0, trial_timeout: float | None = None, progress: bool = True) -> None:
     """Two-phase proxy hyper-parameter search: trials at proxy fidelity, then the top-k retrained at full fidelity.
 
     Re-running the same command resumes an interrupted search; several workers given the same --storage
@@ -266,6 +266,7 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         strategy: proxy data strategy (representative | diverse | coverage | random).
         baseline: results.json of a proxy=none search to measure the speedup against (default: found in W/hpo).
         grace_s: seconds without heartbeat after which another worker's running trial counts as interrupted.
+        trial_timeout: wall-clock limit of one trial in seconds (a trial over it fails); default none.
         progress: show progress bars.
     """
     from proxy_bundle.hpo.sampling import PRUNERS, SAMPLERS
@@ -323,7 +324,9 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
     tpl = _install_templates(templates_dir(templates, work, algo), work, algo)
     base = {"cache_dir": str(hpo_dir / "preprocessed_cache"), "num_workers": int(num_workers)}
     base.update(dict(overrides or {}))
-    runner = AlgoRunner.from_templates(tpl, algo, work, stats, input_file, fold=fold, base_overrides=base)
+    trial_timeout = _positive(trial_timeout, "trial_timeout", allow_none=True)
+    runner = AlgoRunner.from_templates(tpl, algo, work, stats, input_file, fold=fold, base_overrides=base,
+                                       timeout_s=trial_timeout)
 
     name = study_name or f"{algo}-{proxy}"
     url = resolve_url(storage, work)

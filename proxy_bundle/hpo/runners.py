@@ -166,17 +166,17 @@ def _tail(path: Path, n: int = 25) -> str:
 def launch_and_poll(cmd: Sequence[str], progress_file: str | os.PathLike, report: ReportFn, *,
                     log_file: str | os.PathLike, env: Mapping[str, str] | None = None,
                     cwd: str | os.PathLike | None = None, poll_s: float = 0.5,
-                    on_poll: Callable[[], None] | None = None) -> TrialResult:
+                    on_poll: Callable[[], None] | None = None, timeout_s: float | None = None) -> TrialResult:
     """Run ``cmd`` to completion, reporting each new ``progress.yaml`` entry; kill it when ``report`` says prune.
 
-    ``on_poll`` runs every ``poll_s`` seconds (the engine's heartbeat). Raises :class:`TrialFailed` when the
-    command exits non-zero without having been pruned.
+    ``on_poll`` runs every ``poll_s`` seconds. Raises :class:`TrialFailed` when the command exits non-zero
+    without having been pruned, or runs longer than ``timeout_s`` (a hung training must not stall the search).
     """
     progress = Path(progress_file)
     log_path = Path(log_file)
     ensure_dir(log_path.parent)
     reported: dict[int, float] = {}
-    pruned = False
+    pruned = timed_out = False
     start = time.monotonic()
 
     def drain() -> bool:
@@ -199,6 +199,9 @@ def launch_and_poll(cmd: Sequence[str], progress_file: str | os.PathLike, report
             last_mtime = None
             while proc.poll() is None:
                 time.sleep(poll_s)
+                if timeout_s is not None and time.monotonic() - start > timeout_s:
+                    timed_out = True
+                    break
                 if on_poll is not None:
                     on_poll()
                 try:
@@ -213,6 +216,9 @@ def launch_and_poll(cmd: Sequence[str], progress_file: str | os.PathLike, report
         finally:
             # Pruned, interrupted (KeyboardInterrupt/SIGTERM) or an engine error: never leave training behind.
             _kill_group(proc)
+    if timed_out:
+        raise TrialFailed(f"training killed after the {timeout_s:g} s trial time limit; log {log_path}:\n"
+                          f"{_tail(log_path)}")
     if not pruned:
         pruned = drain()
     wall = time.monotonic() - start
@@ -264,11 +270,14 @@ class AlgoRunner:
         base_overrides: settings applied to every trial (e.g. ``num_epochs_per_validation``, ``cache_dir``).
         device_setting: as ``BundleAlgo.train``'s (``CUDA_VISIBLE_DEVICES``, ``n_devices``, ...).
         poll_s: how often ``progress.yaml`` is checked.
+        timeout_s: wall-clock limit of one trial (``None``: none); a trial over it fails.
     """
 
     def __init__(self, algo: Any, fold: int = 0, base_overrides: Mapping[str, Any] | None = None,
-                 device_setting: Mapping[str, Any] | None = None, poll_s: float = 0.5) -> None:
+                 device_setting: Mapping[str, Any] | None = None, poll_s: float = 0.5,
+                 timeout_s: float | None = None) -> None:
         self.algo = algo
+        self.timeout_s = timeout_s
         self.fold = int(fold)
         self.base_overrides = dict(base_overrides or {})
         self.device_setting = dict(getattr(algo, "device_setting", {}) or {})
@@ -357,7 +366,7 @@ class AlgoRunner:
         ckpt = Path(overrides["ckpt_path"])
         result = launch_and_poll(self.command(algo, overrides), ckpt / PROGRESS_FILE, report,
                                  log_file=trial_dir / "train.log", env=env, cwd=algo.get_output_path(),
-                                 poll_s=self.poll_s)
+                                 poll_s=self.poll_s, timeout_s=self.timeout_s)
         result.output_dir = str(algo.get_output_path())
         result.model_path = _find_model(ckpt)
         self.last_algo = algo
@@ -372,13 +381,14 @@ class CommandRunner:
     """
 
     def __init__(self, command: Sequence[str], base_overrides: Mapping[str, Any] | None = None,
-                 env: Mapping[str, str] | None = None, poll_s: float = 0.5) -> None:
+                 env: Mapping[str, str] | None = None, poll_s: float = 0.5, timeout_s: float | None = None) -> None:
         if not command:
             raise InputError("empty training command", where="CommandRunner")
         self.command = [str(c) for c in command]
         self.base_overrides = dict(base_overrides or {})
         self.env = dict(env) if env is not None else None
         self.poll_s = poll_s
+        self.timeout_s = timeout_s
 
     def run(self, params: Mapping[str, Any], fidelity: Fidelity, trial_dir: str | os.PathLike,
             report: ReportFn) -> TrialResult:
@@ -390,7 +400,7 @@ class CommandRunner:
         write_yaml(trial_dir / "overrides.yaml", overrides)
         cmd = [*self.command, *(f"--{k}={_fire_value(v)}" for k, v in overrides.items())]
         result = launch_and_poll(cmd, trial_dir / "model" / PROGRESS_FILE, report, log_file=trial_dir / "train.log",
-                                 env=self.env, poll_s=self.poll_s)
+                                 env=self.env, poll_s=self.poll_s, timeout_s=self.timeout_s)
         result.output_dir = str(trial_dir)
         result.model_path = _find_model(trial_dir / "model")
         return result
