@@ -73,6 +73,9 @@ def run_trial(bundle: Path, ckpt: Path, overrides: dict) -> dict:
         "overhead_s": t["first_step"] - launch,
         "startup_s": t["imports_done"] - launch,
         "setup_s": t["data_ready"] - t["imports_done"],
+        "monai_config_s": t["config_ready"] - t["imports_done"],
+        "model_loaders_s": t["model_ready"] - t["config_ready"],
+        "optim_tb_s": t["data_ready"] - t["model_ready"],
         "first_batch_s": t["first_step"] - t["data_ready"],
         "train_s": t["end"] - t["first_step"],
         "num_parameters": t["num_parameters"],
@@ -108,6 +111,8 @@ def main() -> None:
             print(f"trial {i} ({kind}): wall {r['wall_s']:.1f}s, overhead {r['overhead_s']:.1f}s"
                   f" ({100 * r['share']:.1f}%)"
                   f" = start-up+imports {r['startup_s']:.1f}s + setup {r['setup_s']:.1f}s"
+                  f" (MONAI import+config {r['monai_config_s']:.1f}s, network+loaders {r['model_loaders_s']:.1f}s,"
+                  f" optimiser+TensorBoard {r['optim_tb_s']:.1f}s)"
                   f" + first batch {r['first_batch_s']:.1f}s; training {r['train_s']:.1f}s;"
                   f" {r['num_train_cases']} cases, {r['num_parameters']} parameters", flush=True)
         warm = results[1:]
