@@ -16,6 +16,8 @@ import pytest
 import torch
 import yaml
 
+from proxy_bundle.selection.strategies import subset_size
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
 SCHEMA = REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"
@@ -228,14 +230,14 @@ def test_hpo_two_trials(bundle):
     over1 = yaml.safe_load((Path(phase1[0]["trial_dir"]) / "overrides.yaml").read_text())
     over2 = yaml.safe_load((Path(phase2[0]["trial_dir"]) / "overrides.yaml").read_text())
     assert over1["proxy_width"] < 1.0 and over2["proxy_width"] == 1.0
-    # ... on proxy data selected from the training cases of the validation fold's split
+    # ... on proxy data: a subset of the split's training cases, validated on the untouched fold 0
     assert over2["proxy_datalist"] is None
     proxy = json.loads(Path(over1["proxy_datalist"]).read_text())
-    train_cases = [e for e in json.loads((bundle["data"] / "datalist.json").read_text())["training"] if e["fold"] != 0]
-    assert len(proxy["training"]) == round(0.5 * len(train_cases))
-    assert {Path(e["image"]).name for e in proxy["validation"]} == {
-        Path(e["image"]).name for e in json.loads((bundle["data"] / "datalist.json").read_text())["training"]
-        if e["fold"] == 0}
+    folds = json.loads((bundle["data"] / "datalist.json").read_text())["training"]
+    n_train = sum(1 for e in folds if e["fold"] != 0)
+    assert len(proxy["training"]) == subset_size(n_train, fraction=0.5) < n_train
+    assert sorted(Path(e["image"]).name for e in proxy["validation"]) == sorted(
+        Path(e["image"]).name for e in folds if e["fold"] == 0)
     n1 = sum(v.numel() for v in torch.load(Path(phase1[0]["trial_dir"]) / "models/model.pt",
                                             weights_only=True).values())
     n2 = sum(v.numel() for v in torch.load(Path(phase2[0]["trial_dir"]) / "models/model.pt",
