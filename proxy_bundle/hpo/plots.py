@@ -35,7 +35,7 @@ def plot_history(summary: Mapping[str, Any], path: str | os.PathLike) -> str:
     p1.sort(key=lambda r: (r["slot"], r["number"]))
     done = [r for r in p1 if r["state"] == "COMPLETE"]
     pruned = [r for r in p1 if r["state"] == "PRUNED"]
-    label = f"phase 1 ({summary['proxy']} proxy)" if summary.get("proxy") != "none" else "full fidelity"
+    label = f"phase 1 (proxy: {summary['proxy']})" if summary.get("proxy") != "none" else "full fidelity"
     ax.scatter([r["slot"] for r in done], [r["score"] for r in done], label=label, color="tab:blue", zorder=3)
     if pruned:
         ax.scatter([r["slot"] for r in pruned], [r["scores"][-1]["dice"] if r["scores"] else 0 for r in pruned],
@@ -52,6 +52,9 @@ def plot_history(summary: Mapping[str, Any], path: str | os.PathLike) -> str:
         slot_of_trial = {r["number"]: r["slot"] for r in p1}
         ax.scatter([slot_of_trial.get(r["source_trial"], -1) for r in p2], [r["score"] for r in p2],
                    marker="*", s=140, color="tab:red", label="phase 2 (full fidelity)", zorder=4)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial (slot)")
     ax.set_ylabel("validation Dice")
     ax.set_title(f"Optimization history: {summary['study']}")
@@ -70,7 +73,7 @@ def plot_proxy_vs_full(summary: Mapping[str, Any], path: str | os.PathLike) -> s
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.scatter([p["proxy_score"] for p in pairs], [p["full_score"] for p in pairs], color="tab:red", zorder=3)
     for p in pairs:
-        ax.annotate(f"#{p['source_trial']} (rank {p['rank']})", (p["proxy_score"], p["full_score"]),
+        ax.annotate(f"trial {p['source_trial']} (rank {p['rank']})", (p["proxy_score"], p["full_score"]),
                     textcoords="offset points", xytext=(5, 4), fontsize=8)
     rho = pv.get("spearman")
     ax.set_xlabel(f"proxy score ({summary['proxy']})")
@@ -93,6 +96,9 @@ def plot_learning_curves(summary: Mapping[str, Any], path: str | os.PathLike) ->
         style = dict(color="tab:red", lw=2, alpha=0.9) if r["phase"] == 2 else \
             dict(color="tab:gray" if r["state"] == "PRUNED" else "tab:blue", lw=1, alpha=0.6)
         ax.plot(xs, ys, marker=".", **style)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation Dice")
     ax.set_title("Learning curves (blue: phase 1, gray: pruned, red: phase 2)")
