@@ -250,3 +250,25 @@ def test_hpo_two_trials(bundle):
     parser.read_config([str(root / "configs/train.json"), str(root / "hpo/best_params.yaml")])
     for key, value in results["best"]["params"].items():
         assert parser[key] == pytest.approx(value)
+
+
+def test_bundle_runner_prunes_a_running_trial(spleen_phantom, tmp_path):
+    """The runner reports each validation as it happens and kills the training when the search prunes."""
+    from proxy_bundle.hpo.bundle_runner import BundleRunner
+    from proxy_bundle.hpo.runners import Fidelity
+
+    roi = CASES["spleen_ct_proxy"][1]
+    runner = BundleRunner(BUNDLES / "spleen_ct_proxy", env=_env(), poll_s=0.2,
+                          base_overrides={"dataset_dir": str(spleen_phantom), "num_workers": 0, "roi_size": roi,
+                                          "num_samples": 1, "val_interval": 1})
+    reports = []
+
+    def report(epoch: int, dice: float) -> bool:
+        reports.append((epoch, dice))
+        return True  # prune at the first validation
+
+    result = runner.run({"learning_rate": 1e-3}, Fidelity(name="proxy", width=0.5, epochs=20), tmp_path / "trial",
+                        report)
+    assert result.pruned and reports[0][0] == 1 and 0.0 <= reports[0][1] <= 1.0
+    progress = yaml.safe_load((tmp_path / "trial" / "models" / "progress.yaml").read_text())
+    assert progress[-1]["epoch"] < 20, "training ran to the end although the trial was pruned"
