@@ -124,7 +124,9 @@ def _prostate(cv: Canvas, rng: np.random.Generator, gland: float, tz_frac: float
     )
     tz_lev = tz.level(x, y, z) + np.float32(0.08) * smooth_field(rng, [ax[s] for ax, s in zip(cv.ax, sl)], 5)
     tz_mask = gland_mask & (tz_lev < 1.0) & (lev < 0.9)
-    anterior = y > centre[1] + pr.tilt[1] * (z - centre[2]) + 0.62 * b
+    # Anterior fibromuscular stroma: a lens-shaped cap in front of the transition zone.
+    dx = (x - centre[0] - pr.tilt[0] * (z - centre[2])) / np.float32(a)
+    anterior = (y - centre[1] - pr.tilt[1] * (z - centre[2])) / np.float32(b) > 0.55 + 0.6 * dx * dx
     tz_mask |= gland_mask & anterior  # anterior fibromuscular stroma belongs to the central gland label
     pz_mask = gland_mask & ~tz_mask
 
