@@ -114,6 +114,14 @@ def test_network_matches_metadata_and_scales(name):
         net = parser.get_parsed_content("network_def")
         sizes[width] = sum(p.numel() for p in net.parameters())
     assert sizes[0.25] < sizes[1.0] / 4
+    # a proxy that also drops blocks and a level still exports to TorchScript
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs/inference.json"))
+    parser.update({"proxy_width": 0.5, "proxy_blocks": 0.5, "proxy_levels": 3})
+    net = parser.get_parsed_content("network_def").eval()
+    x = torch.rand(1, 1, 16, 16, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(net)(x), net(x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
