@@ -114,7 +114,7 @@ def test_tiny_study_end_to_end_and_resume(spleen_phantom, tmp_path, monkeypatch,
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     w = tmp_path / "study"
     kwargs = dict(task="spleen_ct", work_dir=str(w), dataset=str(spleen_phantom), n_configs=3, epochs=1,
-                  init_filters=8, width=0.5, fraction=0.5, variants="both", progress=False)
+                  init_filters=8, width=0.5, fraction=0.5, variants="both", rescore_val=True, progress=False)
     study(**kwargs)
     out = capsys.readouterr().out
     assert "6 runs (0 stored, 6 to train)" in out

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,8 +15,8 @@ from proxy_bundle.atomic import ensure_dir, write_json
 from proxy_bundle.errors import InputError
 from proxy_bundle.study.plan import METRICS, STRATEGIES, Config, Variant, build_variants, sample_configs
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "algorithm_templates"
 ALGO = "proxyseg"
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def study(
@@ -27,7 +29,7 @@ def study(
     num_cases: int = 16,
     num_external: int = 6,
     fraction: float = 0.25,
-    width: float = 0.25,
+    width: float = 0.5,
     blocks: float = 1.0,
     levels: int | None = None,
     init_filters: int = 16,
@@ -42,7 +44,11 @@ def study(
     fold: int = 0,
     top_k: int = 3,
     templates: str | None = None,
+    val_every: int = 2,
+    workers: int = 2,
+    threads: int | None = 1,
     keep_checkpoints: bool = False,
+    rescore_val: bool = False,
     progress: bool = True,
 ) -> None:
     """Measure how well proxy data and proxy networks rank hyper-parameter configurations.
@@ -80,8 +86,14 @@ def study(
         search_space: search-space YAML (default: the built-in segmentation space).
         fold: validation fold.
         top_k: k of the top-k overlap.
-        templates: Auto3DSeg templates folder (default: the bundled algorithm_templates).
+        templates: Auto3DSeg templates folder (default: WORK_DIR/algorithm_templates if present, else the
+            bundled algorithm_templates).
+        val_every: validate every this many epochs (and after the last); the search sees the best validation.
+        workers: trials trained side by side (each in its own process; 2 suits a 2-core machine).
+        threads: CPU threads per trial (OMP_NUM_THREADS of the trial processes); empty keeps the environment's.
         keep_checkpoints: keep each trial's resumable last.pt (large); model.pt is always kept.
+        rescore_val: score the validation fold again with the study's evaluator instead of taking the
+            template's own validation Dice of the same checkpoint (they agree; this checks it).
         progress: show a progress bar.
     """
     t_start = time.time()
@@ -116,25 +128,32 @@ def study(
     from proxy_bundle.study.runner import fidelity, run_spec, train_and_score
     from proxy_bundle.study.store import RunStore
 
-    templates_dir = Path(templates) if templates else TEMPLATES
+    from proxy_bundle.hpo.command import templates_dir as find_templates
+
+    templates_dir = find_templates(templates, w, ALGO)
     runner = AlgoRunner.from_templates(
         templates_dir, ALGO, ensure_dir(w / "algo"), data.datastats, data.input_yaml, fold=int(fold),
-        base_overrides={"num_epochs_per_validation": 1, "num_workers": 0, "cache_dir": str(w / "cache"),
+        base_overrides={"num_epochs_per_validation": int(val_every), "num_workers": 0, "cache_dir": str(w / "cache"),
                         "network#init_filters": int(init_filters)},
     )
-    sets = {
-        "val": read_cases(data.datalist, "training", data.dataroot, fold=int(fold)),
-        "ext": read_cases(data.external, "testing", data.dataroot),
-    }
-    if not sets["val"]:
+    val_cases = read_cases(data.datalist, "training", data.dataroot, fold=int(fold))
+    sets = {"ext": read_cases(data.external, "testing", data.dataroot)}
+    if rescore_val:
+        sets["val"] = val_cases
+    if not val_cases:
         raise InputError(f"no training case has fold {fold}", where=str(data.datalist))
     if not sets["ext"]:
         raise InputError("the external set is empty", where=str(data.external))
     context = {"dataset": str(data.dataroot), "fold": int(fold), "init_filters": int(init_filters),
+               "val_every": int(val_every),
                "selection_mode": selection_mode,
                "templates": str(templates_dir.resolve())}
 
     store = RunStore(w / "runs")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(int(threads))
     evaluator = Evaluator()
     jobs = []
     for c in configs:  # configuration-major: every block of runs costs about the same, so the ETA is steady
@@ -147,23 +166,51 @@ def study(
 
     from tqdm.auto import tqdm
 
+    stop = threading.Event()
+
+    def work(job: tuple) -> dict | None:
+        c, v, fid, spec = job
+        if stop.is_set():
+            return None
+        rec = train_and_score(runner, evaluator, c, fid, w / "trials" / v.name / c.id, sets, keep_checkpoints,
+                              v.train_seed, stop=stop)
+        if rec["status"] == "interrupted":
+            return None
+        return store.put(c.id, v.name, spec, rec)
+
     bar = tqdm(total=len(todo), desc="study", unit="run", disable=not progress, dynamic_ncols=True)
-    failed_now = 0
+    saved_env = {k: os.environ.get(k) for k in _THREAD_VARS}
+    if threads is not None:
+        # Trials inherit the environment: one thread per trial avoids OpenMP oversubscription when trials run
+        # side by side (on a busy 2-core machine two 2-thread trials run several times slower than 1-thread ones).
+        os.environ.update({k: str(int(threads)) for k in _THREAD_VARS})
     try:
-        for c, v, fid, spec in todo:
-            bar.set_postfix_str(f"{c.id} {v.name}")
-            rec = train_and_score(runner, evaluator, c, fid, w / "trials" / v.name / c.id, sets, keep_checkpoints,
-                                  v.train_seed)
-            store.put(c.id, v.name, spec, rec)
-            failed_now += rec["status"] != "ok"
-            bar.update(1)
+        with ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix="study") as pool:
+            futures = [pool.submit(work, j) for j in todo]
+            try:
+                for f in as_completed(futures):
+                    rec = f.result()
+                    if rec is not None:
+                        bar.set_postfix_str(f"{rec['config_id']} {rec['variant']} {rec['status']}")
+                    bar.update(1)
+            except BaseException:
+                # Ctrl-C or an error: running trials stop at their next validation, queued ones never start.
+                stop.set()
+                for f in futures:
+                    f.cancel()
+                raise
     finally:
         bar.close()
+        for k, val in saved_env.items():
+            if val is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = val
 
     records = [store.get(c.id, v.name, spec) for c, v, _, spec in jobs]
     records = [r for r in records if r is not None]
     analysis = analyse(records, plan, k=int(top_k))
-    n_val = len(sets["val"])
+    n_val = len(val_cases)
     n_train = sum(1 for _ in read_cases(data.datalist, "training", data.dataroot)) - n_val
     meta = {
         "task": task if dataset is None else Path(data.dataroot).name,
@@ -180,6 +227,9 @@ def study(
         "blocks": float(blocks),
         "levels": levels,
         "init_filters": int(init_filters),
+        "val_every": int(val_every),
+        "workers": int(workers),
+        "threads": threads,
         "fraction": float(fraction),
         "selection_mode": selection_mode,
         "fold": int(fold),

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -64,6 +65,9 @@ class Evaluator:
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._cache: dict[tuple[str, str], list[tuple[Any, Any]]] = {}
+        # Trials may finish together in worker threads; scoring one checkpoint at a time keeps the cache simple
+        # and the evaluation from competing with itself for the cores.
+        self._lock = threading.Lock()
 
     def _cases(self, pl: Any, prep: Mapping[str, Any], name: str, cases: Sequence[Mapping[str, str]]) -> list:
         key = (pl.preprocessing_hash(prep), name)
@@ -77,6 +81,11 @@ class Evaluator:
     def dice(self, bundle_dir: str | os.PathLike, model_path: str | os.PathLike,
              sets: Mapping[str, Sequence[Mapping[str, str]]]) -> dict[str, float]:
         """Mean foreground Dice of ``model_path`` on each named case list (``{"val": [...], "ext": [...]}``)."""
+        with self._lock:
+            return self._dice(bundle_dir, model_path, sets)
+
+    def _dice(self, bundle_dir: str | os.PathLike, model_path: str | os.PathLike,
+              sets: Mapping[str, Sequence[Mapping[str, str]]]) -> dict[str, float]:
         import torch
         from monai.inferers import sliding_window_inference
         from monai.metrics import DiceMetric

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -45,15 +46,18 @@ def train_and_score(
     sets: Mapping[str, Sequence[Mapping[str, str]]],
     keep_checkpoints: bool = False,
     train_seed: int | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Train, then score the best checkpoint on every case list in ``sets``.
 
-    ``train_seed`` replaces the template's ``seed`` (the repeat variant).
+    ``train_seed`` replaces the template's ``seed`` (the repeat variant). When ``stop`` is set the trial is
+    killed at its next validation and the record says ``status: interrupted`` (it must not be stored).
 
     Returns a result record: ``status`` ("ok" or "failed"), ``search_dice`` (the best validation Dice the
-    template reported, what a search sees), ``<set>_dice`` per case list (``val_dice``, ``ext_dice``), ``cost_s`` (wall-clock of the trial), the per-epoch history and the
-    template's timing split. A failed training is returned (not raised) so one bad configuration, e.g. a
-    diverging learning rate, does not stop a study.
+    template reported: what a search sees), ``<set>_dice`` per case list (``val_dice`` defaults to
+    ``search_dice`` when ``sets`` has no ``val``), ``cost_s`` (wall-clock of the trial), the per-epoch history
+    and the template's timing split. A failed training is returned (not raised) so that one bad
+    configuration, e.g. a diverging learning rate, does not stop a study.
     """
     trial_dir = Path(trial_dir)
     params = dict(config.params)
@@ -61,9 +65,13 @@ def train_and_score(
         params["seed"] = int(train_seed)
     t0 = time.monotonic()
     try:
-        result = runner.run(params, fid, trial_dir, report=lambda epoch, dice: False)
+        result = runner.run(params, fid, trial_dir, report=lambda epoch, dice: bool(stop and stop.is_set()))
     except TrialFailed as err:
+        if stop is not None and stop.is_set():
+            return {"status": "interrupted"}
         return {"status": "failed", "error": str(err).splitlines()[0], "cost_s": time.monotonic() - t0}
+    if result.pruned or (stop is not None and stop.is_set()):
+        return {"status": "interrupted"}
     ckpt = trial_dir / "model"
     rec: dict[str, Any] = {
         "status": "ok",
