@@ -235,3 +235,33 @@ def test_runner_reports_epochs_kills_on_prune_and_times_out(tmp_path, monkeypatc
     failing = [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]
     with pytest.raises(TrialFailed, match="code 3(.|\n)*boom"):
         CommandRunner(failing, poll_s=0.05).run({}, Fidelity(), tmp_path / "d", lambda e, s: False)
+
+
+def test_speedup_is_measured_against_a_full_fidelity_search(tmp_path, monkeypatch):
+    import dataclasses
+
+    from proxy_bundle.hpo.api import run_search
+    from proxy_bundle.hpo.runners import CommandRunner, Fidelity
+
+    sys.path.insert(0, str(HERE))
+    try:
+        from hpo_toy_search import config
+    finally:
+        sys.path.remove(str(HERE))
+    monkeypatch.setenv("TOY_SLEEP", "0.01")
+    runner = CommandRunner([sys.executable, str(HERE / "hpo_toy_trainer.py"), "run"], poll_s=0.05)
+    url = f"sqlite:///{tmp_path / 'hpo' / 'study.db'}"
+    base_cfg = dataclasses.replace(config(str(tmp_path / "hpo" / "toy-none"), n_trials=3, top_k=1),
+                                   study_name="toy-none", proxy=Fidelity("full", epochs=3))
+    base = run_search(base_cfg, runner, url, proxy_mode="none", plots=False)
+    assert base["speedup"]["kind"] == "reference" and "phase2" not in base["phases"]
+    assert [t["phase"] for t in base["trials"]] == [1, 1, 1]
+
+    both = run_search(config(str(tmp_path / "hpo" / "toy-both"), n_trials=3, top_k=1), runner, url,
+                      proxy_mode="both", plots=False)
+    sp = both["speedup"]
+    assert sp["kind"] == "measured" and "toy-none" in sp["how"]
+    assert sp["full_fidelity_search_s"] == pytest.approx(base["phases"]["phase1"]["compute_s"])
+    assert sp["speedup"] == pytest.approx(sp["full_fidelity_search_s"] / sp["search_compute_s"])
+    # The toy proxy preserves the ranking, so the transferred configuration is the full search's best too.
+    assert both["best"]["params"] == base["best"]["params"]

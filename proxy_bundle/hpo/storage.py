@@ -70,6 +70,9 @@ def open_storage(url: str):
     if url.startswith("sqlite"):
         # Several local workers may share the file: wait for the lock instead of failing at once.
         engine_kwargs["connect_args"] = {"timeout": 120}
+        path = url.split(":///", 1)[1].split("?", 1)[0] if ":///" in url else ""
+        if path and path != ":memory:":
+            ensure_dir(Path(path).parent)
     else:
         engine_kwargs["pool_pre_ping"] = True
     for attempt in range(6):
