@@ -196,6 +196,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"- {meta['n_configs']} configurations sampled (seed {meta['seed']}), {meta['epochs']} epochs at full "
         f"fidelity, proxy network width x{meta['width']}, proxy data fraction {meta['fraction']}, "
         f"validation fold {meta['fold']} ({meta['n_val']} cases), {meta['n_train']} training cases.",
+        f"- Full network: the template's SegResNetDS with {meta.get('init_filters', '?')} initial filters; validation "
+        f"every {meta.get('val_every', 1)} epochs; trials run {meta.get('workers', 1)} at a time, "
+        f"{meta.get('threads') or 'default'} CPU thread(s) each (costs are per-trial wall-clock under that load).",
         "",
         "## Definitions",
         "",
