@@ -61,6 +61,8 @@ def load_config(config_file: str | Sequence[str], override: Mapping[str, Any] | 
 
 def settings(parser) -> dict:
     """The fully resolved configuration as a plain dict (references and expressions evaluated)."""
+    if parser.get("bundle_root") is None:
+        raise ConfigError("bundle_root is not set: generate the bundle with ProxysegAlgo/BundleGen or pass --bundle_root")
     keys = list(parser.get().keys())
     return {k: parser.get_parsed_content(k) for k in keys}
 
