@@ -68,13 +68,14 @@ class BundleRunner:
         multi_gpu_config: the bundle's multi-GPU override config, relative to ``bundle_dir``.
         env: environment of the training processes (default: this process's).
         poll_s: how often ``progress.yaml`` is checked.
+        timeout_s: wall-clock limit of one trial (``None``: none); a trial over it is killed and fails.
     """
 
     def __init__(self, bundle_dir: str | os.PathLike, config_file: str | Sequence[str] = "configs/train.json",
                  meta_file: str | None = None, logging_file: str | None = None,
                  base_overrides: Mapping[str, Any] | None = None, n_devices: int = 1,
                  multi_gpu_config: str = "configs/multi_gpu_train.json", env: Mapping[str, str] | None = None,
-                 poll_s: float = 0.5) -> None:
+                 poll_s: float = 0.5, timeout_s: float | None = None) -> None:
         self.bundle_dir = Path(bundle_dir).resolve()
         if not (self.bundle_dir / "configs").is_dir():
             raise InputError("not a bundle folder (no configs/ inside)", where=str(self.bundle_dir))
@@ -96,6 +97,9 @@ class BundleRunner:
         self.multi_gpu_config = self._file(multi_gpu_config) if self.n_devices > 1 else None
         self.env = dict(env) if env is not None else None
         self.poll_s = float(poll_s)
+        if timeout_s is not None and not float(timeout_s) > 0:
+            raise InputError(f"must be a positive number of seconds or None, got {timeout_s!r}", where="timeout_s")
+        self.timeout_s = None if timeout_s is None else float(timeout_s)
 
     def _file(self, path: str | os.PathLike) -> str:
         p = Path(path)
@@ -151,7 +155,7 @@ class BundleRunner:
         write_yaml(trial_dir / "overrides.yaml", overrides)
         result = launch_and_poll(self.command(overrides), overrides["progress_file"], report,
                                  log_file=trial_dir / "train.log", env=self.env, cwd=self.bundle_dir,
-                                 poll_s=self.poll_s)
+                                 poll_s=self.poll_s, timeout_s=self.timeout_s)
         result.output_dir = str(trial_dir)
         model = Path(overrides["ckpt_dir"]) / "model.pt"
         result.model_path = str(model) if model.is_file() else None
