@@ -68,17 +68,17 @@ def load_datalist(path: str | os.PathLike, key: str = "training", base_dir: str 
     entries = data.get(key)
     if not isinstance(entries, list) or not entries:
         raise InputError(f"has no entries under {key!r}", where=str(path))
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or "image" not in e or (require_label and "label" not in e):
+            need = "'image' and 'label'" if require_label else "'image'"
+            raise InputError(f"{key}[{i}] needs {need}", where=str(path))
     if key not in ("training", "testing"):
-        # validation.load_datalist checks only training/testing; check other sections with the same rules.
-        validation.load_datalist(path, root, require_labels=require_label, check_files=False)
-        missing = [e for e in entries if "image" not in e or (require_label and "label" not in e)]
-        if missing:
-            raise InputError(f"{key} entry {missing[0]!r} lacks an image or a label", where=str(path))
-        for e in _absolute(entries, root):
-            for k in ("image", "label"):
-                for f in (e.get(k) if isinstance(e.get(k), list) else [e.get(k)] if k in e else []):
-                    if not Path(f).is_file():
-                        raise InputError(f"{key} entry file not found: {f}", where=str(path))
+        # validation.load_datalist checks the files of training/testing; check other sections' files too.
+        for i, e in enumerate(_absolute(entries, root)):
+            files = [f for k in ("image", "label") if k in e for f in (e[k] if isinstance(e[k], list) else [e[k]])]
+            missing = [f for f in files if not Path(f).is_file()]
+            if missing:
+                raise InputError(f"{key}[{i}] file not found: {missing[0]}", where=str(path))
     return _absolute(entries, root)
 
 

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from proxy_bundle.bundle_support import ProgressWriter, flag, image_datalist, latest_checkpoint, split_dataset
+from proxy_bundle.bundle_support import (ProgressWriter, flag, image_datalist, latest_checkpoint, load_datalist,
+                                         split_dataset)
 from proxy_bundle.errors import InputError
 from proxy_bundle.hpo.bundle_runner import BundleRunner, fidelity_overrides, proxy_mode
 from proxy_bundle.hpo.runners import Fidelity
@@ -81,6 +82,11 @@ def test_image_datalist(spleen_phantom, tmp_path):
     assert [Path(e["image"]).name for e in folder] == sorted(p.name for p in (spleen_phantom / "imagesExt").iterdir())
     listed = image_datalist(spleen_phantom / "external.json", base_dir=spleen_phantom)
     assert [e["image"] for e in listed] == [e["image"] for e in folder] and all("label" in e for e in listed)
+    unlabelled = tmp_path / "unlabelled.json"
+    unlabelled.write_text(json.dumps({"testing": [{"image": e["image"]} for e in listed]}))
+    with pytest.raises(InputError, match=r"testing\[0\] needs 'image' and 'label'"):
+        load_datalist(unlabelled, key="testing")
+    assert len(load_datalist(unlabelled, key="testing", require_label=False)) == len(listed)
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no NIfTI images"):
         image_datalist(tmp_path / "empty")
