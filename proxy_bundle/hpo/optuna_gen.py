@@ -58,11 +58,13 @@ class ProxyOptunaGen(OptunaGen):
                  space: SearchSpace | str | os.PathLike | None = None, fold: int = 0,
                  base_overrides: Mapping[str, Any] | None = None,
                  device_setting: Mapping[str, Any] | None = None) -> None:
+        fixed = {k: v for k, v in (params or {}).items() if k != "fill_with_datastats"}
         super().__init__(algo=algo, params=params)
         self.space = space if isinstance(space, SearchSpace) else load_space(space)
         self.fidelity = fidelity
         self.fold = fold
-        self.base_overrides = dict(base_overrides or {})
+        # Every trial re-exports the bundle from the data stats, so the fixed params travel as overrides too.
+        self.base_overrides = {**fixed, **dict(base_overrides or {})}
         self.device_setting = dict(device_setting) if device_setting else None
         self.params: dict[str, Any] = {}
         self.acc: float | None = None
