@@ -1,6 +1,6 @@
 """Phantom generation speed: both tasks at the default size (claim: 32 cases per task at 96^3 in < 20 s on 2 cores).
 
-Usage: python benchmarks/bench_phantoms.py [--num_cases 32] [--num_external 8] [--size 96] [--workers 2] [--out DIR]
+Usage: python benchmarks/bench_phantoms.py [--num_cases 32] [--num_external 8] [--size 96] [--workers 1] [--out DIR]
 Prints per-task wall and CPU time and a one-line summary; exit code 1 when the wall time exceeds
 --budget seconds. On a shared machine compare the CPU time with the budget as well: wall time there
 mostly measures the other jobs (CPU time is reported with --workers 1).
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--num_external", type=int, default=8)
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=2, help="generator processes (the files do not depend on it)")
+    ap.add_argument("--workers", type=int, default=1, help="generator processes (the files do not depend on it)")
     ap.add_argument("--budget", type=float, default=20.0, help="seconds allowed for both tasks together")
     ap.add_argument("--out", default=None, help="keep the datasets here (default: a temporary directory)")
     args = ap.parse_args()
