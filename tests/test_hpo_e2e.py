@@ -118,8 +118,9 @@ def test_proxy_optuna_gen_as_in_monai_tutorial(searched: Path, tmp_path):
                                  data_src_cfg_name=str(work / "input.yaml"))
     bundle_generator.generate(str(gen_dir), num_fold=1)
     algo = bundle_generator.get_history()[0][AlgoKeys.ALGO]
-    optuna_gen = ProxyOptunaGen(algo=algo, base_overrides={**TINY, "num_epochs": 2,
-                                                           "cache_dir": str(work / "hpo" / "preprocessed_cache")})
+    # Fixed settings the tutorial's way (OptunaGen's params); they hold in every trial.
+    optuna_gen = ProxyOptunaGen(algo=algo, params={**TINY, "num_epochs": 2},
+                                base_overrides={"cache_dir": str(work / "hpo" / "preprocessed_cache")})
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
     study.optimize(partial(optuna_gen, obj_filename=optuna_gen.get_obj_filename(), output_folder=str(tmp_path / "optuna")),
@@ -136,6 +137,7 @@ def test_proxy_optuna_gen_as_in_monai_tutorial(searched: Path, tmp_path):
     cfg = yaml.safe_load((Path(first.user_attrs["trial_dir"]) / "proxyseg" / "configs" /
                           "hyper_parameters.yaml").read_text())
     assert cfg["proxy"]["enabled"] is True and cfg["proxy"]["width"] == 0.25
+    assert cfg["network"]["init_filters"] == 8 and cfg["num_epochs"] == 2
     assert set(first.params) == {p.name for p in default_space()}
     # MONAI's own serialisation round-trips the trained algo with its score.
     second = study.trials[1]
