@@ -8,7 +8,7 @@ PIP_C := $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS),)
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo_work
 
-.PHONY: venv test demo clean
+.PHONY: venv services test demo clean
 
 $(STAMP): setup.cfg pyproject.toml $(TORCH_CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ $(STAMP): setup.cfg pyproject.toml $(TORCH_CONSTRAINTS)
 
 venv: $(STAMP)
 
-test: venv
+# The multi-worker search tests need a PostgreSQL server: install Debian's package when it is missing.
+services:
+	bash tests/postgres.sh install
+
+test: venv services
 	$(PY) -m pytest -q tests
 
 demo: venv
