@@ -26,7 +26,7 @@ from monai.config import PathLike
 from monai.utils.enums import AlgoKeys
 
 from proxy_bundle.hpo.runners import AlgoRunner, Fidelity
-from proxy_bundle.hpo.space import SearchSpace, default_space, load_space, suggest
+from proxy_bundle.hpo.space import SearchSpace, load_space, suggest
 
 __all__ = ["ProxyOptunaGen", "default_proxy_fidelity"]
 

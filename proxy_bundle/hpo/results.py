@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 from optuna.trial import FrozenTrial, TrialState
 
 from proxy_bundle.atomic import write_json, write_yaml
-from proxy_bundle.hpo.sampling import RETRY_OF, SLOT, slot_of
+from proxy_bundle.hpo.sampling import RETRY_OF, slot_of
 
 __all__ = ["find_baseline", "spearman", "summarize", "trial_record", "write_outputs"]
 
