@@ -265,3 +265,29 @@ def test_speedup_is_measured_against_a_full_fidelity_search(tmp_path, monkeypatc
     assert sp["speedup"] == pytest.approx(sp["full_fidelity_search_s"] / sp["search_compute_s"])
     # The toy proxy preserves the ranking, so the transferred configuration is the full search's best too.
     assert both["best"]["params"] == base["best"]["params"]
+
+
+def test_algo_runner_overrides_follow_the_template(tmp_path):
+    from proxy_bundle.hpo.runners import AlgoRunner, Fidelity
+
+    class _Algo:  # the attributes AlgoRunner reads from a BundleAlgo before exporting
+        def __init__(self, template_path, name):
+            self.template_path, self.name, self.device_setting = str(template_path), name, {}
+
+    for name, text in (("withproxy", "learning_rate: 0.1\nproxy: {enabled: false}\n"), ("plain", "learning_rate: 0.1\n")):
+        (tmp_path / name / "configs").mkdir(parents=True)
+        (tmp_path / name / "configs" / "hyper_parameters.yaml").write_text(text)
+    proxy = Fidelity("proxy-both", datalist="/d/proxy.json", width=0.5, epochs=3)
+    got = AlgoRunner(_Algo(tmp_path, "withproxy"), fold=2, base_overrides={"num_workers": 0}).overrides(
+        {"learning_rate": 0.01}, proxy, tmp_path / "t")
+    assert got == {"num_workers": 0, "proxy#enabled": True, "proxy#width": 0.5, "proxy#blocks": 1.0,
+                   "proxy#levels": None, "proxy#datalist": "/d/proxy.json", "num_epochs": 3, "learning_rate": 0.01,
+                   "ckpt_path": str(tmp_path / "t" / "model"), "fold": 2}
+    plain = AlgoRunner(_Algo(tmp_path, "plain"))
+    assert plain.overrides({}, Fidelity(epochs=5), tmp_path / "t") == {
+        "num_epochs": 5, "ckpt_path": str(tmp_path / "t" / "model"), "fold": 0}
+    with pytest.raises(InputError, match="no 'proxy' block"):
+        plain.overrides({}, proxy, tmp_path / "t")
+    assert AlgoRunner(_Algo(tmp_path, "x"), device_setting={"CUDA_VISIBLE_DEVICES": "0,1"}).command(
+        type("A", (), {"get_output_path": lambda self: str(tmp_path / "withproxy")})(), {"lr": 0.1})[1:5] == [
+        "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2"]

@@ -312,10 +312,26 @@ class AlgoRunner:
     def name(self) -> str:
         return str(getattr(self.algo, "name", "") or type(self.algo).__name__)
 
+    def _has_proxy_block(self) -> bool | None:
+        """Whether the template's hyper_parameters.yaml has a ``proxy`` section (None: cannot tell)."""
+        cfg = Path(str(getattr(self.algo, "template_path", "") or "")) / self.name / "configs" / "hyper_parameters.yaml"
+        try:
+            data = yaml.safe_load(cfg.read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+        return isinstance(data, dict) and isinstance(data.get("proxy"), dict)
+
     def overrides(self, params: Mapping[str, Any], fidelity: Fidelity, trial_dir: Path) -> dict[str, Any]:
         """Everything a trial sets: base settings < fidelity < searched params < this trial's own paths."""
         out = dict(self.base_overrides)
-        out.update(fidelity.overrides())
+        fid = fidelity.overrides()
+        if self._has_proxy_block() is False:
+            # A template without proxy support (e.g. MONAI's own) can still be searched at full fidelity.
+            if not fidelity.is_full:
+                raise InputError(f"template {self.name!r} has no 'proxy' block, so it cannot train at proxy "
+                                 f"fidelity {fidelity.name!r}; use proxy=none", where=str(self.algo.template_path))
+            fid = {k: v for k, v in fid.items() if not k.startswith("proxy#")}
+        out.update(fid)
         out.update(params)
         out["ckpt_path"] = str(trial_dir / "model")
         out["fold"] = self.fold
