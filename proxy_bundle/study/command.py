@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -43,6 +44,7 @@ def study(
     search_space: str | None = None,
     fold: int = 0,
     top_k: int = 3,
+    regret_tolerance: float = 0.01,
     templates: str | None = None,
     val_every: int = 2,
     workers: int = 2,
@@ -86,6 +88,8 @@ def study(
         search_space: search-space YAML (default: the built-in segmentation space).
         fold: validation fold.
         top_k: k of the top-k overlap.
+        regret_tolerance: regret (reference validation Dice) still counted as equal to the full search's for
+            the "speedup at equal regret".
         templates: Auto3DSeg templates folder (default: WORK_DIR/algorithm_templates if present, else the
             bundled algorithm_templates).
         val_every: validate every this many epochs (and after the last); the search sees the best validation.
@@ -209,7 +213,7 @@ def study(
 
     records = [store.get(c.id, v.name, spec) for c, v, _, spec in jobs]
     records = [r for r in records if r is not None]
-    analysis = analyse(records, plan, k=int(top_k))
+    analysis = analyse(records, plan, k=int(top_k), tolerance=float(regret_tolerance))
     n_val = len(val_cases)
     n_train = sum(1 for _ in read_cases(data.datalist, "training", data.dataroot)) - n_val
     meta = {
@@ -233,6 +237,7 @@ def study(
         "fraction": float(fraction),
         "selection_mode": selection_mode,
         "fold": int(fold),
+        "regret_tolerance": float(regret_tolerance),
         "n_val": n_val,
         "n_train": n_train,
         "n_ext": len(sets["ext"]),
@@ -241,6 +246,15 @@ def study(
         "subsets": subsets,
         "environment": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES") if k in os.environ},
     }
+    log_file = w / "invocations.json"
+    try:
+        invocations = json.loads(log_file.read_text())
+    except (OSError, ValueError):
+        invocations = []
+    invocations.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)), "command": command,
+                        "wall_s": meta["wall_s"], "runs_trained": len(todo)})
+    write_json(log_file, invocations)
+    meta["invocations"] = invocations
     results = {
         "meta": meta,
         "variants": [v.as_dict() for v in plan],
@@ -265,8 +279,6 @@ def _names(value: str | Sequence[str] | None, what: str) -> list[str]:
 
 
 def _dataset_meta(root: Path, generated: bool, num_cases: int, num_external: int, size: int) -> dict[str, Any]:
-    import json
-
     try:
         meta = json.loads((Path(root) / "phantom_meta.json").read_text())
         return {"phantoms": True, "generated": generated, "num_cases": meta.get("num_cases"),
@@ -283,5 +295,6 @@ def print_summary(results: dict, report: Path) -> None:
     a = results["analysis"]
     print("\n".join(headline_table(results)))
     fails = len(results["failed"])
-    print(f"study: {len(results['runs'])} runs ({fails} failed), wall {results['meta']['wall_s'] / 60:.1f} min; "
+    print(f"study: {len(results['runs'])} runs ({fails} failed), wall {results['meta']['wall_s'] / 60:.1f} min "
+          f"this invocation; "
           f"report {report}")
