@@ -35,9 +35,10 @@ def summary_line(results: dict) -> str:
         s = a["summary"]["search"].get(name)
         if not s:
             continue
+        tol = a.get("tolerance", 0.0)
         parts.append(
             f"{label}: {s['k1_speedup']:.2f}x at regret {_f(s['k1_regret'])} (top-1), "
-            f"{s['equal_regret_speedup']:.2f}x at equal regret (top-{s['equal_regret_top_k']})"
+            f"{s['equal_regret_speedup']:.2f}x at regret <= {tol} (top-{s['equal_regret_top_k']})"
         )
     return (
         f"search speedup on phantom {meta['task']} (K={meta['n_configs']}, {meta['epochs']} epochs, "
