@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -355,3 +356,15 @@ def test_analyze_proxy_data_drives_proxy_training(spleen_phantom, tmp_path, algo
     train_module.run(_config(work / "proxyseg_0"), num_epochs=1, num_workers=0,
                      **{"proxy#enabled": "true", "network#init_filters": 4})
     assert _timing(work / "proxyseg_0")["num_train_cases"] == 3
+
+
+def test_dataloader_workers_with_deep_cache_dir(bundle, tmp_path):
+    # DataLoader workers create sockets under the temp dir; a cache on a long path must not redirect them there.
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "cache"
+    cmd = [sys.executable, str(bundle / "scripts" / "train.py"), "run", f"--config_file={_config(bundle)}",
+           "--num_epochs=1", "--num_workers=2", "--network#init_filters=4", f"--cache_dir={deep}",
+           f"--ckpt_path={tmp_path / 'ckpt'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert yaml.safe_load((tmp_path / "ckpt" / "progress.yaml").read_text())[-1]["epoch"] == 1
+    assert not list(deep.glob("*/.tmp/*"))  # nothing left half-written

@@ -101,9 +101,33 @@ def _signature(cfg: dict, pl) -> str:
     return pl.preprocessing_hash({k: v for k, v in cfg.items() if k not in skip})
 
 
-def _make_loaders(cfg: dict, pl, dist_info: _Dist, train_items: list, val_items: list):
-    import tempfile
+def _fill_cache(ds) -> None:
+    """Preprocess every case missing from the shared cache, in this process, before DataLoader workers start.
 
+    PersistentDataset writes a case to a temp dir and then moves it into place; a temp dir on the cache's own
+    file system makes that move an atomic rename, so concurrent trials never read half a file. The temp dir is
+    redirected only here: DataLoader workers keep the system one (their sockets need a short path).
+    """
+    import tempfile
+    from pathlib import Path
+
+    missing = [
+        i for i, item in enumerate(ds.data)
+        if not (Path(ds.cache_dir) / f"{ds.hash_func(item).decode('utf-8')}{ds.transform_hash}.pt").is_file()
+    ]
+    if not missing:
+        return
+    tmp_dir = os.path.join(str(ds.cache_dir), ".tmp")
+    os.makedirs(tmp_dir, exist_ok=True)
+    saved, tempfile.tempdir = tempfile.tempdir, tmp_dir
+    try:
+        for i in missing:
+            ds[i]
+    finally:
+        tempfile.tempdir = saved
+
+
+def _make_loaders(cfg: dict, pl, dist_info: _Dist, train_items: list, val_items: list):
     import torch
     from monai.data import DataLoader, DistributedSampler, PersistentDataset
     from monai.transforms import Compose, RandomizableTrait
@@ -111,13 +135,8 @@ def _make_loaders(cfg: dict, pl, dist_info: _Dist, train_items: list, val_items:
     prep = pl.preprocessing(cfg)
     cache_dir = os.path.join(os.path.abspath(str(cfg["cache_dir"])), pl.preprocessing_hash(prep))
     os.makedirs(cache_dir, exist_ok=True)
-    # PersistentDataset writes each case to a temp dir and then moves it into place; a temp dir on the cache's own
-    # file system makes that move an atomic rename, so concurrent trials never read half a file.
-    tmp_dir = os.path.join(cache_dir, ".tmp")
-    os.makedirs(tmp_dir, exist_ok=True)
-    tempfile.tempdir = tmp_dir  # restored by run()
-
     det = pl.deterministic_transforms(prep)
+    _fill_cache(PersistentDataset(data=train_items + val_items, transform=Compose(det), cache_dir=cache_dir))
     train_xform = Compose(det + pl.train_random_transforms(cfg))
     # Training and validation share cache entries (same case, same key), so both must cache exactly `det`.
     if train_xform.get_index_of_first(lambda t: isinstance(t, RandomizableTrait)) != len(det):
@@ -177,13 +196,7 @@ def _validate(model, loader, cfg: dict, device, use_amp: bool) -> float:
 
 def run(config_file: str | Sequence[str], **override: Any) -> None:
     """Train one fold with the given configs and ``key=value`` / ``key#sub=value`` overrides."""
-    import tempfile
-
-    saved_tempdir = tempfile.tempdir
-    try:
-        _train(config_file, override)
-    finally:
-        tempfile.tempdir = saved_tempdir
+    _train(config_file, override)
 
 
 def _train(config_file: str | Sequence[str], override: dict) -> None:
