@@ -133,7 +133,7 @@ def test_tiny_study_end_to_end_and_resume(spleen_phantom, tmp_path, monkeypatch,
     assert all(b["timing"]["num_train_cases"] < f["timing"]["num_train_cases"] for b, f in zip(both, ref))
     a = results["analysis"]
     assert a["variants"]["reference"]["agreement"]["val"]["regret"] == 0.0
-    assert set(a["variants"]["both"]["search"]) == {"k1", "equal_regret", "curve"}
+    assert set(a["variants"]["both"]["search"]) == {"k1", "equal_regret", "exact_best", "curve"}
     assert results["meta"]["dataset"]["phantoms"] is True and results["meta"]["hardware"]["cores"] >= 1
     report = (w / "report.md").read_text()
     assert "synthetic phantoms" in report and "python" in report.lower() and "Kendall" in report
@@ -144,3 +144,10 @@ def test_tiny_study_end_to_end_and_resume(spleen_phantom, tmp_path, monkeypatch,
     study(**kwargs)
     assert "6 runs (6 stored, 0 to train)" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in (w / "runs").glob("*/*.json")} == stored
+
+
+def test_invocations_add_up_in_the_report():
+    from proxy_bundle.study.report import _study_wall
+
+    assert _study_wall({"wall_s": 5.0}) == 5.0
+    assert _study_wall({"wall_s": 5.0, "invocations": [{"wall_s": 100.0}, {"wall_s": 5.0}]}) == 105.0
