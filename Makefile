@@ -25,8 +25,13 @@ services:
 test: venv services
 	$(PY) -m pytest -q tests
 
+# Phantoms -> MONAI data analysis + proxy-data selection -> two-phase search (proxy trials, top-2 at full fidelity).
+# Re-running resumes; `make clean` starts over.
 demo: venv
-	$(PY) -m proxy_bundle phantoms --task spleen_ct --out $(DEMO_DIR)/spleen_ct --num_cases 24 --num_external 6 --size 48
+	$(PY) -m proxy_bundle phantoms --task spleen_ct --out $(DEMO_DIR)/spleen_ct --num_cases 12 --num_external 4 --size 32
+	$(PY) -m proxy_bundle hpo --input $(DEMO_DIR)/spleen_ct --work_dir $(DEMO_DIR)/work --n_trials 6 --top_k 2 \
+		--proxy both --data_fraction 0.25 --width 0.25 --epochs 3 --pruner median \
+		--overrides '{"roi_size": [32,32,32], "network#init_filters": 8}'
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)
