@@ -20,7 +20,8 @@ from proxy_bundle.selection.strategies import subset_size
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
-SCHEMA = REPO.parent / "shared" / "monai" / "meta_schema_20240725.json"
+# An offline copy of the model-zoo schema that metadata.json cites (the tests never download).
+SCHEMA = REPO / "tests" / "data" / "meta_schema_20240725.json"
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 
 # Per bundle: phantom fixture, patch size for the tiny phantoms, number of classes.
