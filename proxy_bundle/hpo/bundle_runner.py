@@ -18,7 +18,6 @@ training process group when the trial is pruned.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -26,7 +25,9 @@ from typing import Any, Mapping, Sequence
 from proxy_bundle.atomic import ensure_dir, write_yaml
 from proxy_bundle.bundle_support import flag
 from proxy_bundle.errors import InputError
-from proxy_bundle.hpo.runners import PROGRESS_FILE, Fidelity, ReportFn, TrialResult, _fire_value, launch_and_poll
+from proxy_bundle.hpo.runners import (
+    PROGRESS_FILE, Fidelity, ReportFn, TrialResult, fire_value, fresh_trial_dir, launch_and_poll,
+)
 
 __all__ = ["BundleRunner", "fidelity_overrides", "proxy_mode", "run_bundle_search"]
 
@@ -134,11 +135,11 @@ class BundleRunner:
     def command(self, overrides: Mapping[str, Any]) -> list[str]:
         """``python -m monai.bundle run ...`` (under ``torch.distributed.run`` for several devices)."""
         configs = [*self.config_files, *([self.multi_gpu_config] if self.multi_gpu_config else [])]
-        args = ["-m", "monai.bundle", "run", f"--config_file={_fire_value(configs)}",
-                f"--meta_file={_fire_value(self.meta_file)}"]
+        args = ["-m", "monai.bundle", "run", f"--config_file={fire_value(configs)}",
+                f"--meta_file={fire_value(self.meta_file)}"]
         if self.logging_file:
-            args.append(f"--logging_file={_fire_value(self.logging_file)}")
-        args += [f"--{k}={_fire_value(v)}" for k, v in overrides.items()]
+            args.append(f"--logging_file={fire_value(self.logging_file)}")
+        args += [f"--{k}={fire_value(v)}" for k, v in overrides.items()]
         if self.n_devices > 1:
             return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
                     f"--nproc_per_node={self.n_devices}", *args]
@@ -146,11 +147,7 @@ class BundleRunner:
 
     def run(self, params: Mapping[str, Any], fidelity: Fidelity, trial_dir: str | os.PathLike,
             report: ReportFn) -> TrialResult:
-        trial_dir = Path(trial_dir)
-        if trial_dir.exists():
-            # A retried trial starts clean: a stale progress.yaml would report epochs it has not trained.
-            shutil.rmtree(trial_dir)
-        ensure_dir(trial_dir)
+        trial_dir = fresh_trial_dir(trial_dir)
         overrides = self.overrides(params, fidelity, trial_dir)
         write_yaml(trial_dir / "overrides.yaml", overrides)
         result = launch_and_poll(self.command(overrides), overrides["progress_file"], report,

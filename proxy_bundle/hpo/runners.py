@@ -39,6 +39,8 @@ __all__ = [
     "TrialFailed",
     "TrialResult",
     "TrialRunner",
+    "fire_value",
+    "fresh_trial_dir",
     "launch_and_poll",
     "read_progress",
 ]
@@ -163,6 +165,16 @@ def _tail(path: Path, n: int = 25) -> str:
     return "\n".join(lines[-n:])
 
 
+def fresh_trial_dir(trial_dir: str | os.PathLike) -> Path:
+    """An empty folder for one trial: a retried trial starts clean, because a stale progress.yaml would report
+    epochs it has not trained."""
+    trial_dir = Path(trial_dir)
+    if trial_dir.exists():
+        shutil.rmtree(trial_dir)
+    ensure_dir(trial_dir)
+    return trial_dir
+
+
 def launch_and_poll(cmd: Sequence[str], progress_file: str | os.PathLike, report: ReportFn, *,
                     log_file: str | os.PathLike, env: Mapping[str, str] | None = None,
                     cwd: str | os.PathLike | None = None, poll_s: float = 0.5,
@@ -242,10 +254,10 @@ def launch_and_poll(cmd: Sequence[str], progress_file: str | os.PathLike, report
     return TrialResult(score=best, scores=scores, pruned=pruned, wall_s=wall)
 
 
-def _fire_value(value: Any) -> str:
+def fire_value(value: Any) -> str:
     """Format an override so that python-fire parses it back to the same Python value."""
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_fire_value(v) for v in value) + "]"
+        return "[" + ",".join(fire_value(v) for v in value) + "]"
     if isinstance(value, str):
         # Quoted literal: fire would otherwise turn "1e-3" or "None" strings into numbers / None.
         return repr(value)
@@ -355,7 +367,7 @@ class AlgoRunner:
         args = [str(out / "scripts" / "train.py"), "run", f"--config_file='{','.join(configs)}'"]
         # The searched values also go on the command line (as OptunaGen/NNIGen train(params) do), so they win
         # even with a template whose fill_template_config ignores unknown overrides.
-        args += [f"--{k}={_fire_value(v)}" for k, v in overrides.items()]
+        args += [f"--{k}={fire_value(v)}" for k, v in overrides.items()]
         n_devices = int(self.device_setting.get("n_devices", 0) or 0)
         if int(self.device_setting.get("NUM_NODES", 1) or 1) > 1:
             raise InputError("multi-node training is not supported by the search runner; use one node per worker",
@@ -368,11 +380,7 @@ class AlgoRunner:
 
     def run(self, params: Mapping[str, Any], fidelity: Fidelity, trial_dir: str | os.PathLike,
             report: ReportFn) -> TrialResult:
-        trial_dir = Path(trial_dir)
-        if trial_dir.exists():
-            # A retried trial starts clean: a stale progress.yaml would report epochs it has not trained.
-            shutil.rmtree(trial_dir)
-        ensure_dir(trial_dir)
+        trial_dir = fresh_trial_dir(trial_dir)
         algo = self.export(params, fidelity, trial_dir)
         overrides = self.overrides(params, fidelity, trial_dir)
         env = dict(os.environ)
@@ -408,13 +416,10 @@ class CommandRunner:
 
     def run(self, params: Mapping[str, Any], fidelity: Fidelity, trial_dir: str | os.PathLike,
             report: ReportFn) -> TrialResult:
-        trial_dir = Path(trial_dir)
-        if trial_dir.exists():
-            shutil.rmtree(trial_dir)
-        ensure_dir(trial_dir)
+        trial_dir = fresh_trial_dir(trial_dir)
         overrides = {**self.base_overrides, **fidelity.overrides(), **params, "ckpt_path": str(trial_dir / "model")}
         write_yaml(trial_dir / "overrides.yaml", overrides)
-        cmd = [*self.command, *(f"--{k}={_fire_value(v)}" for k, v in overrides.items())]
+        cmd = [*self.command, *(f"--{k}={fire_value(v)}" for k, v in overrides.items())]
         result = launch_and_poll(cmd, trial_dir / "model" / PROGRESS_FILE, report, log_file=trial_dir / "train.log",
                                  env=self.env, poll_s=self.poll_s, timeout_s=self.timeout_s)
         result.output_dir = str(trial_dir)
