@@ -30,7 +30,7 @@ test: venv services
 demo: venv
 	$(PY) -m proxy_bundle phantoms --task spleen_ct --out $(DEMO_DIR)/spleen_ct --num_cases 12 --num_external 4 --size 32
 	$(PY) -m proxy_bundle hpo --input $(DEMO_DIR)/spleen_ct --work_dir $(DEMO_DIR)/work --n_trials 6 --top_k 2 \
-		--proxy both --data_fraction 0.25 --width 0.25 --epochs 3 --pruner median \
+		--proxy both --data_fraction 0.25 --width 0.25 --epochs 6 --pruner median \
 		--overrides '{"roi_size": [32,32,32], "network#init_filters": 8}'
 
 clean:
