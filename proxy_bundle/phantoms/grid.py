@@ -35,6 +35,16 @@ class Grid:
             fov_mm=tuple(float(f) for f in fov_mm),  # type: ignore[arg-type]
         )
 
+    @classmethod
+    def for_site(cls, rng: np.random.Generator, inplane_mm: tuple[float, float], slice_mm: tuple[float, float],
+                 size: int, fov_per_voxel: tuple[float, float, float]) -> Grid:
+        """A case's grid: spacing drawn from its site's in-plane and slice ranges, a field of view that scales
+        with ``size`` (the anatomy keeps its physical size whatever the spacing)."""
+        inplane = float(rng.uniform(*inplane_mm))
+        thick = float(rng.uniform(*slice_mm))
+        fov = tuple(size * f for f in fov_per_voxel)
+        return cls.from_fov(fov, (inplane, inplane, thick), min_slices=max(8, size // 4))  # type: ignore[arg-type]
+
     @property
     def affine(self) -> np.ndarray:
         """Voxel -> world (mm) matrix: spacing on the diagonal, origin so the grid centre is at 0."""

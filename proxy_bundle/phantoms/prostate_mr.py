@@ -32,10 +32,8 @@ FAT, MUSCLE, URINE, BONE_CORTEX, MARROW, TZ, CAPSULE = 1.0, 0.3, 1.9, 0.05, 0.7,
 def render(rng: np.random.Generator, site: Site, size: int, atypical: str | None = None) -> PhantomCase:
     """Render one case of ``site`` on a grid of about ``size`` voxels per axis."""
     p = site.params
-    inplane = float(rng.uniform(*site.inplane_mm))
-    thick = float(rng.uniform(*site.slice_mm))
-    fov = tuple(size * f for f in FOV_PER_VOXEL)
-    grid = Grid.from_fov(fov, (inplane, inplane, thick), min_slices=max(8, size // 4))  # type: ignore[arg-type]
+    grid = Grid.for_site(rng, site.inplane_mm, site.slice_mm, size, FOV_PER_VOXEL)
+    inplane = grid.spacing[0]
 
     gland = float(np.exp(rng.normal(0.0, 0.1))) * {"small_gland": 0.65, "large_bph": 1.2}.get(atypical or "", 1.0)
     tz_frac = float(rng.uniform(0.8, 1.1)) * (1.3 if atypical == "large_bph" else 1.0)

@@ -46,10 +46,8 @@ def organ_hu(phase: str, contrast: float) -> dict[str, float]:
 def render(rng: np.random.Generator, site: Site, size: int, atypical: str | None = None) -> PhantomCase:
     """Render one case of ``site`` on a grid of about ``size`` voxels per axis."""
     p = site.params
-    inplane = float(rng.uniform(*site.inplane_mm))
-    thick = float(rng.uniform(*site.slice_mm))
-    fov = tuple(size * f for f in FOV_PER_VOXEL)
-    grid = Grid.from_fov(fov, (inplane, inplane, thick), min_slices=max(8, size // 4))  # type: ignore[arg-type]
+    grid = Grid.for_site(rng, site.inplane_mm, site.slice_mm, size, FOV_PER_VOXEL)
+    inplane = grid.spacing[0]
 
     phase = "native" if atypical == "non_contrast" else p["phase"]
     hu = organ_hu(phase, float(rng.uniform(*p["contrast"])))
