@@ -13,16 +13,25 @@ Public API:
 - :func:`resolve` - how an entry path is joined with the dataroot.
 - :func:`declared_labels` - the label values declared by a ``dataset.json``.
 - :func:`check_case` - one image (and optional label) file: readable, 3D, finite, consistent.
-- :func:`validate` - the ``validate`` CLI command: all of the above for a whole dataset.
+- :func:`auto3dseg_folds` - a datalist in the fold form AutoRunner trains on (``validation`` list -> fold 0).
+- :func:`dataset_problems` - every problem of a whole dataset (datalist + all files), lazily.
+- :func:`gate` - the check every command runs before any work: the first problem as an InputError.
+- :func:`validate` - the ``validate`` CLI command: lists every problem found (up to a limit).
+
+This module imports only numpy, nibabel and :mod:`proxy_bundle.errors`, so it can be copied next to a
+bundle's scripts.
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import json
 import os
+import re
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -32,8 +41,13 @@ from proxy_bundle.errors import InputError
 
 __all__ = [
     "CaseInfo",
+    "DatasetInfo",
+    "auto3dseg_folds",
     "check_case",
+    "check_label_set",
+    "dataset_problems",
     "declared_labels",
+    "gate",
     "load_datalist",
     "load_decathlon",
     "read_json",
@@ -47,6 +61,12 @@ __all__ = [
 AFFINE_ATOL = 1e-3
 
 _DECATHLON_KEYS = ("name", "modality", "labels", "numTraining", "training")
+#: Lists of cases a datalist may hold (Auto3DSeg / MONAI bundle conventions).
+SECTIONS = ("training", "validation", "testing")
+#: Keys of one datalist entry that the tools read.
+ENTRY_KEYS = ("image", "label", "fold")
+#: How many problems ``validate`` lists before it stops looking.
+MAX_PROBLEMS = 20
 
 
 def _one_line(text: object) -> str:
@@ -107,6 +127,22 @@ def _entry_files(value: Any) -> list[str] | None:
     return None
 
 
+def _near_miss(key: str, known: Sequence[str]) -> str | None:
+    """The known key that ``key`` is probably a misspelling of (``"fold:"``, ``"Label"``, ``"trainig"``), else None.
+
+    Unknown keys are allowed (datalists carry extra fields such as a case id); only a near miss of a key the
+    tools read is an error, because the intended key is then silently missing.
+    """
+    if key in known:
+        return None
+    norm = re.sub(r"[^a-z]", "", str(key).lower())
+    for k in known:
+        if norm == k:
+            return k
+    close = difflib.get_close_matches(norm, list(known), n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
 def _check_entries(
     entries: Any,
     section: str,
@@ -121,6 +157,10 @@ def _check_entries(
             raise InputError(
                 f"{section}[{i}] must be an object with an 'image' key, got {type(entry).__name__}", where=where
             )
+        for key in entry:
+            meant = _near_miss(str(key), ENTRY_KEYS)
+            if meant is not None:
+                raise InputError(f"{section}[{i}] has key {key!r}: did you mean {meant!r}?", where=where)
         if "image" not in entry:
             raise InputError(f"{section}[{i}] is missing key 'image'", where=where)
         if _entry_files(entry["image"]) is None:
@@ -131,19 +171,34 @@ def _check_entries(
             raise InputError(f"{section}[{i}] 'label' must be a path", where=where)
 
 
+def _case_key(entry: dict, dataroot: Path) -> str:
+    return os.path.normpath(os.fspath(resolve(_entry_files(entry["image"])[0], dataroot)))
+
+
 def _check_duplicates(sections: Sequence[tuple[str, list[dict]]], dataroot: Path, where: str) -> None:
-    # Normalise so that "./imagesTr/a.nii.gz" and "imagesTr/a.nii.gz" count as the same file; an
-    # image listed twice (or in both training and testing) silently biases folds and leaks test data.
-    seen: dict[str, str] = {}
+    """No image twice in one list, and no testing case that is trained on.
+
+    An image in both ``training`` and ``validation`` is what AutoRunner accepts (the case becomes a validation
+    case, see :func:`auto3dseg_folds`), and a ``testing`` image may also be a ``validation`` image; a ``testing``
+    image that is only in ``training`` would be scored by a model trained on it.
+    """
+    # Normalise so that "./imagesTr/a.nii.gz" and "imagesTr/a.nii.gz" count as the same file.
+    seen: dict[str, dict[str, str]] = {}
     for section, entries in sections:
         for i, entry in enumerate(entries):
-            key = os.path.normpath(os.fspath(resolve(_entry_files(entry["image"])[0], dataroot)))
+            key = _case_key(entry, dataroot)
             here = f"{section}[{i}]"
-            if key in seen:
+            earlier = seen.setdefault(key, {})
+            first = _entry_files(entry["image"])[0]
+            if section in earlier:
+                raise InputError(f"duplicate entry: {here} and {earlier[section]} both use image {first}", where=where)
+            if section == "testing" and "training" in earlier and "validation" not in earlier:
                 raise InputError(
-                    f"duplicate entry: {here} and {seen[key]} both use image {_entry_files(entry['image'])[0]}", where=where
+                    f"duplicate entry: {here} and {earlier['training']} both use image {first} "
+                    "(a testing case must not be trained on)",
+                    where=where,
                 )
-            seen[key] = here
+            earlier[section] = here
 
 
 def _check_folds(entries: list[dict], where: str, *, require_folds: bool) -> None:
@@ -201,8 +256,9 @@ def load_datalist(
 
     Checks: JSON syntax; a ``training`` list (or, with ``require_training=False``, at least one of
     ``training`` / ``validation`` / ``testing``); ``image`` on every entry, ``label`` on every
-    training/validation entry when ``require_labels``; no image listed twice (within or across
-    sections, so no case leaks between training and validation/testing); ``fold`` on all training
+    training/validation entry when ``require_labels``; no misspelt key (``"fold:"``, ``"Training"``); no image
+    listed twice in one list, no ``testing`` image that is only a ``training`` image (an image in both
+    ``training`` and ``validation`` is a validation case, as in AutoRunner); ``fold`` on all training
     entries or none (all when ``require_folds``), and the fold ids exactly ``0..K-1``; every listed
     file exists (when ``check_files``). Image contents are not read: see :func:`check_case`.
 
@@ -220,6 +276,10 @@ def load_datalist(
     root = Path(dataroot) if dataroot is not None else p.parent
     if check_files and dataroot is not None and not Path(dataroot).is_dir():
         raise InputError("dataroot is not a directory", where=str(dataroot))
+    for key in data:
+        meant = _near_miss(str(key), SECTIONS)
+        if meant is not None:
+            raise InputError(f"top-level key {key!r}: did you mean {meant!r}?", where=where)
 
     sections: list[tuple[str, list[dict]]] = []
     if "training" in data:
@@ -244,6 +304,73 @@ def load_datalist(
     if check_files:
         _check_files_exist(sections, root, where)
     return data
+
+
+def auto3dseg_folds(data: dict, num_fold: int = 5) -> dict:
+    """The datalist with ``fold`` on every training entry, exactly as MONAI's AutoRunner assigns them.
+
+    AutoRunner (``AutoRunner.inspect_datalist_folds``, MONAI 1.6) accepts three forms, and this function
+    reproduces its result so that every command trains, validates and analyses the same cases it would:
+
+    * ``fold`` keys on the training entries: returned unchanged (a deep copy).
+    * a non-empty ``validation`` list and no folds: training entries get fold 1, the validation entries fold
+      0 and are appended to ``training``; a training entry whose label is also listed in
+      ``validation`` becomes fold 0 and is not appended twice. There is then one fold: fold 0 validates.
+    * neither: ``num_fold`` folds (default 5, ``2 <= num_fold <= len(training)``) dealt at random with seed 0,
+      as scikit-learn's ``KFold(n_splits=num_fold, shuffle=True, random_state=0)`` does; reproduced with
+      numpy (same generator, same order) so that no scikit-learn install is needed.
+
+    MONAI's DataAnalyzer then analyses every entry of ``training`` (validation cases included).
+
+    Args:
+        data: a datalist already checked by :func:`load_datalist`.
+        num_fold: folds to make when the datalist has neither folds nor a validation list.
+
+    Returns:
+        A new datalist (``validation`` and ``testing`` kept as given).
+
+    Raises:
+        InputError: ``num_fold`` outside ``[2, len(training)]`` when folds have to be made.
+    """
+    out = json.loads(json.dumps(data))
+    training = out.get("training") or []
+    if any("fold" in e for e in training):
+        return out
+    validation = out.get("validation") or []
+    if validation:
+        # AutoRunner matches a validation entry to a training entry by its label file.
+        def keys(e: dict) -> set[str]:
+            return {"label:" + json.dumps(e["label"])} if "label" in e else {"image:" + json.dumps(e["image"])}
+
+        val_keys: dict[str, int] = {}
+        for j, e in enumerate(validation):
+            for k in keys(e):
+                val_keys.setdefault(k, j)
+        used: set[int] = set()
+        for e in training:
+            match = [val_keys[k] for k in keys(e) if k in val_keys]
+            e["fold"] = 0 if match else 1
+            used.update(match)
+        extra = [dict(e, fold=0) for j, e in enumerate(validation) if j not in used]
+        out["training"] = training + extra
+        return out
+    n = len(training)
+    if isinstance(num_fold, bool) or not isinstance(num_fold, int) or not 2 <= num_fold <= n:
+        raise InputError(
+            f"the training entries have no 'fold' keys and no validation list; {num_fold!r} folds cannot be dealt "
+            f"over {n} case(s) (need 2 <= num_fold <= {n}): add 'fold' keys or a 'validation' list",
+            where="num_fold",
+        )
+    order = np.arange(n)
+    np.random.RandomState(0).shuffle(order)
+    sizes = np.full(num_fold, n // num_fold, dtype=int)
+    sizes[: n % num_fold] += 1
+    start = 0
+    for fold, size in enumerate(sizes):
+        for i in order[start:start + size]:
+            training[int(i)]["fold"] = fold
+        start += size
+    return out
 
 
 def load_decathlon(dataset_json_path: str | os.PathLike, *, check_files: bool = True) -> dict:
@@ -345,8 +472,16 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def _fmt(value: Any) -> str:
+    """A voxel value with every digit its type holds (float32 0.99999994 must not print as 1)."""
+    v = np.asarray(value)
+    if v.dtype.kind == "f":
+        return np.format_float_positional(v.item() if v.dtype == np.float64 else v[()], trim="-")
+    return str(v.item())
+
+
 def _load_array(path: Path, what: str, case: str) -> tuple[np.ndarray, np.ndarray]:
-    """(data, affine) of a NIfTI file, or an InputError for a missing/unreadable one."""
+    """(data, affine) of a NIfTI file, or an InputError for a missing/unreadable file or an unusable geometry."""
     import nibabel as nib
 
     if not path.is_file():
@@ -359,7 +494,55 @@ def _load_array(path: Path, what: str, case: str) -> tuple[np.ndarray, np.ndarra
         affine = np.asarray(img.affine, dtype=np.float64)
     except _read_errors() as err:
         raise InputError(f"cannot read {what} {path.name} ({type(err).__name__}: {_one_line(err)})", where=case) from None
+    _check_geometry(img, affine, what, case)
     return data, affine
+
+
+def _check_geometry(img: Any, affine: np.ndarray, what: str, case: str) -> None:
+    """Voxel sizes and orientation that every reader agrees on.
+
+    MONAI's NibabelReader takes the sform (``img.affine``) while ITK-based readers prefer the qform, so a file
+    whose two disagree is read differently by different tools; a zero, negative or non-finite voxel size makes
+    resampling divide by zero or flip the volume.
+    """
+    header = img.header
+    if "pixdim" in header:
+        pixdim = np.asarray(header["pixdim"][1:4], dtype=np.float64)
+        ndim = int(header["dim"][0])
+        pixdim = pixdim[: max(1, min(3, ndim))]
+        if not np.isfinite(pixdim).all() or (pixdim <= 0).any():
+            shown = ", ".join(_fmt(np.float64(v)) for v in pixdim)
+            raise InputError(f"{what} has voxel spacing ({shown}) in its header; spacing must be finite and > 0 mm",
+                             where=case)
+    if not np.isfinite(affine).all():
+        raise InputError(f"{what} affine has non-finite entries (NaN/Inf)", where=case)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if (zooms <= 0).any() or abs(float(np.linalg.det(affine[:3, :3]))) <= 0:
+        raise InputError(f"{what} affine is singular (voxel size {tuple(float(z) for z in zooms)} mm)", where=case)
+    get_q, get_s = getattr(header, "get_qform", None), getattr(header, "get_sform", None)
+    if get_q is not None and get_s is not None:
+        qform, qcode = get_q(coded=True)
+        sform, scode = get_s(coded=True)
+        if qcode and scode and qform is not None and sform is not None:
+            tol = _affine_tolerance(AFFINE_ATOL, zooms)
+            diff = float(np.abs(np.asarray(qform) - np.asarray(sform)).max())
+            if diff > tol:
+                raise InputError(
+                    f"{what} qform and sform disagree (max difference {diff:.4g} > {tol:g}); readers differ on "
+                    "where this volume lies: rewrite the header with one orientation (e.g. set qform = sform)",
+                    where=case,
+                )
+
+
+def _zooms(affine: np.ndarray) -> np.ndarray:
+    """Voxel size (mm) along each array axis: the norms of the affine's columns, at full precision."""
+    return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+
+
+def _affine_tolerance(atol: float, zooms: Any) -> float:
+    """``atol``, but never more than a tenth of the smallest voxel (0.001 mm data needs a finer tolerance)."""
+    smallest = float(np.min(np.asarray(zooms, dtype=np.float64)))
+    return min(float(atol), 0.1 * smallest) if smallest > 0 else float(atol)
 
 
 def _spatial(data: np.ndarray, what: str, case: str, channels: int) -> tuple[tuple[int, int, int], int]:
@@ -437,6 +620,8 @@ def check_case(
     shape: tuple[int, int, int] | None = None
     affine: np.ndarray | None = None
     n_channels = 0
+    positive = False
+    peak: Any = None
     for p in paths:
         data, aff = _load_array(p, "image", name)
         per_file_channels = channels if len(paths) == 1 else 1
@@ -446,17 +631,29 @@ def check_case(
         if data.dtype.kind in "fc" and not np.isfinite(data).all():
             bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
             raise InputError(f"image contains NaN/Inf intensities ({bad} voxels)", where=name)
+        if not data.size:
+            raise InputError("image has no voxels", where=name)
+        top = data.max()
+        peak = top if peak is None else max(peak, top)
+        positive = positive or bool(top > 0)
         if shape is None:
             shape, affine = sp, aff
-        elif sp != shape or not np.allclose(aff, affine, rtol=0, atol=affine_atol):
+        elif sp != shape or not np.allclose(aff, affine, rtol=0, atol=_affine_tolerance(affine_atol, _zooms(affine))):
             raise InputError(f"channel file {p.name} does not match the first channel's shape/affine", where=name)
         n_channels += c
         del data
     assert shape is not None and affine is not None
     if len(paths) > 1 and channels not in (1, n_channels):
         raise InputError(f"image has {n_channels} channel files, expected {channels}", where=name)
+    if not positive:
+        # DataAnalyzer's foreground is "intensity > 0": such a case fails inside it and is skipped silently.
+        raise InputError(
+            f"image has no intensity > 0 (maximum {_fmt(peak)}); MONAI's DataAnalyzer cannot analyse such a case: "
+            "shift the intensities so that the body is > 0",
+            where=name,
+        )
 
-    spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    spacing = tuple(float(s) for s in _zooms(affine))
     label_values: tuple[int, ...] | None = None
     if label is not None:
         label_values = _check_label(Path(label), name, shape, affine, labels, require_foreground, affine_atol)
@@ -483,9 +680,10 @@ def _check_label(
     lshape, _ = _spatial(data, "label", name, 1)
     if lshape != shape:
         raise InputError(f"image/label shape mismatch: image {shape}, label {lshape}", where=name)
-    if not np.allclose(aff, affine, rtol=0, atol=atol):
+    tol = _affine_tolerance(atol, _zooms(affine))
+    if not np.allclose(aff, affine, rtol=0, atol=tol):
         diff = float(np.abs(aff - affine).max())
-        raise InputError(f"image/label affine mismatch (max difference {diff:.4g} > {atol:g})", where=name)
+        raise InputError(f"image/label affine mismatch (max difference {diff:.4g} > {tol:g})", where=name)
     if data.dtype.kind not in "fbiu":
         raise InputError(f"label has a non-numeric data type {data.dtype}", where=name)
     values = np.unique(data)
@@ -494,10 +692,17 @@ def _check_label(
             raise InputError("label contains NaN/Inf values", where=name)
         frac = values[values != np.round(values)]
         if frac.size:
-            raise InputError(f"label has non-integer values (e.g. {float(frac[0]):g}); labels must be class ids", where=name)
+            raise InputError(
+                f"label has non-integer values (e.g. {_fmt(frac[-1])} in {data.dtype}); labels must be integer class "
+                "ids: round them and save the label as an integer type (e.g. uint8)",
+                where=name,
+            )
     ints = tuple(int(v) for v in values)
     if ints and ints[0] < 0:
-        raise InputError(f"label has negative values (e.g. {ints[0]}); labels must be class ids >= 0", where=name)
+        raise InputError(
+            f"label has negative values (e.g. {ints[0]}); labels must be class ids 0..K-1 (is this an image file?)",
+            where=name,
+        )
     allowed = _normalise_labels(labels)
     if allowed is not None:
         outside = sorted(set(ints) - allowed - {0})
@@ -517,10 +722,248 @@ def _is_decathlon(data: Any) -> bool:
     return isinstance(data, dict) and "numTraining" in data and "modality" in data
 
 
-def _cases(sections: Iterable[tuple[str, list[dict]]]) -> Iterator[tuple[str, dict]]:
-    for section, entries in sections:
-        for entry in entries:
-            yield section, entry
+def check_label_set(found: Iterable[int], declared: Iterable[int] | None, where: str) -> None:
+    """The label values of a whole dataset must be the class ids ``0..K-1`` a network is trained on.
+
+    Auto3DSeg templates and MONAI bundles make ``max(label) + 1`` output classes, so labels stored as 0/255
+    would train a 256-class network on two classes. With ``declared`` labels (a ``dataset.json``), the
+    declared set must be ``0..K-1`` (values it declares may be absent from the data); without, the values
+    found in the label files must be.
+
+    Raises:
+        InputError: naming the values and the remapping that would fix them.
+    """
+    if declared is not None:
+        values = sorted(set(int(v) for v in declared) | {0})
+        what, fix = "declared labels", ""
+    else:
+        values = sorted(set(int(v) for v in found) | {0})
+        what = "label values"
+        fix = ", or declare the full label set in the 'labels' of a dataset.json next to the datalist"
+    if values == list(range(len(values))):
+        return
+    k = len(values)
+    mapping = ", ".join(f"{a} -> {b}" for b, a in enumerate(values) if a != b)
+    raise InputError(
+        f"{what} {values} are not contiguous class ids 0..{k - 1} (a network would get {max(values) + 1} output "
+        f"classes): remap them to 0..{k - 1} ({mapping}){fix}",
+        where=where,
+    )
+
+
+@dataclass
+class DatasetInfo:
+    """What :func:`dataset_problems` / :func:`gate` learnt about a dataset.
+
+    Attributes:
+        datalist: the list file checked.
+        dataroot: the folder its paths are relative to.
+        data: the parsed list, unchanged.
+        sections: ``(name, entries)`` for each of ``training`` / ``validation`` / ``testing`` present.
+        declared: declared label values (``None`` when nothing declares them) and ``labels_source`` where from.
+        channels: image channels expected.
+        cases: the :class:`CaseInfo` of every case that passed.
+        labels_found: union of the label values found.
+    """
+
+    datalist: Path
+    dataroot: Path
+    data: dict = field(default_factory=dict)
+    sections: list = field(default_factory=list)
+    declared: set[int] | None = None
+    labels_source: str | None = None
+    channels: int = 1
+    cases: list = field(default_factory=list)
+    labels_found: set = field(default_factory=set)
+
+
+def _context(datalist: str | os.PathLike, dataroot: str | os.PathLike | None, labels: Any,
+             channels: int | None, require_labels: bool) -> DatasetInfo:
+    """Parse and check the list file; work out the declared labels and the channel count."""
+    path = Path(datalist)
+    data = read_json(path)
+    n_channels = 1
+    declared, source = None, None
+    if labels is not None:
+        declared, source = _normalise_labels(labels), "--labels"
+    if _is_decathlon(data):
+        ds = load_decathlon(path)
+        root = path.parent
+        sections: list[tuple[str, list[dict]]] = [("training", ds["training"])]
+        if declared is None:
+            declared, source = set(declared_labels(ds)), str(path)
+        n_channels = len(ds["modality"])
+    else:
+        # A list with only "testing" (an external evaluation set) is a valid input on its own.
+        other_only = isinstance(data, dict) and "training" not in data and bool({"validation", "testing"} & set(data))
+        data = load_datalist(path, dataroot, require_labels=require_labels, require_training=not other_only)
+        root = Path(dataroot) if dataroot is not None else path.parent
+        sections = [(s, data[s]) for s in SECTIONS if s in data]
+        sibling = root / "dataset.json"
+        if sibling.is_file():
+            ds = read_json(sibling)
+            if _is_decathlon(ds) and isinstance(ds.get("labels"), dict) and all(map(_is_int_string, ds["labels"])):
+                if declared is None:
+                    declared, source = set(declared_labels(ds)), str(sibling)
+                if isinstance(ds.get("modality"), dict) and ds["modality"]:
+                    n_channels = len(ds["modality"])
+    if channels is not None:
+        n_channels = int(channels)
+    return DatasetInfo(datalist=path, dataroot=root, data=data, sections=sections, declared=declared,
+                       labels_source=source, channels=n_channels)
+
+
+def dataset_problems(
+    datalist: str | os.PathLike,
+    dataroot: str | os.PathLike | None = None,
+    *,
+    labels: Any = None,
+    channels: int | None = None,
+    require_foreground: bool = True,
+    require_labels: bool = True,
+    info: DatasetInfo | None = None,
+    progress: bool = False,
+) -> Iterator[InputError]:
+    """Every problem of a dataset, in the order found: the list file, then each case, then the label set.
+
+    A problem with the list file itself (syntax, keys, missing files) ends the search; a bad case does not,
+    so a caller can report them all (``validate``) or stop at the first (:func:`gate`).
+
+    Args:
+        datalist: an Auto3DSeg datalist or a Decathlon ``dataset.json``.
+        dataroot: folder the datalist's paths are relative to (default: its folder).
+        labels: declared label values (default: the ``labels`` of the ``dataset.json`` given or next to the
+            datalist in ``dataroot``).
+        channels: image channels (default: the ``modality`` count of that ``dataset.json``, else 1).
+        require_foreground: every label must have a non-zero voxel.
+        require_labels: every training/validation entry must have a label.
+        info: filled in as cases pass (:class:`DatasetInfo`), for the caller's summary.
+        progress: show a progress bar over the cases.
+
+    Yields:
+        :class:`InputError` per problem (``where`` = the file or case).
+    """
+    try:
+        ctx = _context(datalist, dataroot, labels, channels, require_labels)
+    except InputError as err:
+        yield err
+        return
+    if info is not None:
+        info.__dict__.update(ctx.__dict__)
+        ctx = info
+    cases = [(section, entry) for section, entries in ctx.sections for entry in entries]
+    seen: set[str] = set()
+    iterator: Iterable = cases
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(cases, desc="validate", unit="case", disable=None, leave=False)
+    for _section, entry in iterator:
+        images = _entry_files(entry["image"]) or []
+        key = _case_key(entry, ctx.dataroot)
+        if key in seen:  # the same case in validation and testing: checked once
+            continue
+        seen.add(key)
+        label_files = _entry_files(entry.get("label"))
+        try:
+            if label_files is not None and len(label_files) != 1:
+                raise InputError("an entry must have exactly one label file", where=images[0])
+            case = check_case(
+                [resolve(x, ctx.dataroot) for x in images] if len(images) > 1 else resolve(images[0], ctx.dataroot),
+                resolve(label_files[0], ctx.dataroot) if label_files else None,
+                labels=ctx.declared,
+                require_foreground=require_foreground,
+                case=images[0],
+                channels=ctx.channels,
+            )
+        except InputError as err:
+            yield err
+            continue
+        ctx.cases.append(case)
+        if case.label_values is not None:
+            ctx.labels_found.update(case.label_values)
+    if ctx.labels_found:
+        try:
+            check_label_set(ctx.labels_found, ctx.declared, ctx.labels_source or str(ctx.datalist))
+        except InputError as err:
+            yield err
+
+
+def _file_stats(info_or_data: dict, root: Path) -> list:
+    out = []
+    for section in SECTIONS:
+        for entry in info_or_data.get(section) or []:
+            if not isinstance(entry, dict):
+                continue
+            for key in ("image", "label"):
+                for rel in _entry_files(entry.get(key)) or []:
+                    p = resolve(rel, root)
+                    try:
+                        st = p.stat()
+                        out.append([os.fspath(p), st.st_size, st.st_mtime_ns])
+                    except OSError:
+                        out.append([os.fspath(p), None, None])
+    return out
+
+
+def input_fingerprint(datalist: str | os.PathLike | dict, dataroot: str | os.PathLike, **settings: Any) -> str:
+    """SHA-256 of what a result computed from a dataset depends on: the datalist's content, the dataroot,
+    ``settings`` (modality, labels, ...) and every listed file's size and modification time.
+
+    Anything built from the dataset (a validation record, ``datastats.yaml``, a proxy datalist, a search) is
+    reused only under the same fingerprint, so an edited datalist or a replaced file is never served stale.
+    """
+    data = read_json(datalist) if not isinstance(datalist, dict) else datalist
+    root = Path(dataroot).resolve()
+    blob = {
+        "datalist": data,
+        "dataroot": os.fspath(root),
+        "settings": settings,
+        "files": _file_stats(data if isinstance(data, dict) else {}, root),
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def gate(
+    datalist: str | os.PathLike,
+    dataroot: str | os.PathLike | None = None,
+    *,
+    labels: Any = None,
+    channels: int | None = None,
+    require_foreground: bool = True,
+    require_labels: bool = True,
+    record_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> DatasetInfo | None:
+    """The check every command runs before any work: raise the first problem of the dataset.
+
+    With ``record_dir``, a passed check leaves ``record_dir/validated-<fingerprint>.json`` and is skipped
+    when the same inputs (datalist, files' sizes and times, settings) come again; ``None`` is returned then.
+
+    Raises:
+        InputError: the first problem :func:`dataset_problems` finds.
+    """
+    fp = record = None
+    if record_dir is not None:
+        root = Path(dataroot) if dataroot is not None else Path(datalist).parent
+        fp = input_fingerprint(datalist, root, labels=None if labels is None else sorted(_normalise_labels(labels)),
+                               channels=channels, require_foreground=require_foreground,
+                               require_labels=require_labels)
+        record = Path(record_dir) / f"validated-{fp[:24]}.json"
+        if record.is_file():
+            return None
+    info = DatasetInfo(datalist=Path(datalist), dataroot=Path(dataroot or Path(datalist).parent))
+    for problem in dataset_problems(datalist, dataroot, labels=labels, channels=channels,
+                                    require_foreground=require_foreground, require_labels=require_labels,
+                                    info=info, progress=progress):
+        raise problem
+    if record is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"fingerprint": fp, "datalist": os.fspath(Path(datalist).resolve()),
+                                   "cases": len(info.cases)}) + "\n")
+        os.replace(tmp, record)
+    return info
 
 
 def validate(
@@ -528,13 +971,15 @@ def validate(
     dataroot: str | None = None,
     labels: Any = None,
     require_foreground: bool = True,
+    max_problems: int = MAX_PROBLEMS,
 ) -> None:
     """Check a dataset before using it: the list file and every image/label pair.
 
-    Accepts an Auto3DSeg datalist (``training`` / ``testing`` entries with paths relative to
+    Accepts an Auto3DSeg datalist (``training`` / ``validation`` / ``testing`` entries with paths relative to
     DATAROOT) or a Decathlon ``dataset.json`` (recognised by its ``numTraining`` / ``modality`` keys;
-    paths relative to its folder). Prints ``ok: N cases ...`` when everything passes; the first
-    problem found is reported as one line naming the file or case, with exit code 2.
+    paths relative to its folder). Prints ``ok: N cases ...`` when everything passes. Otherwise every
+    problem found (up to ``max_problems``) is printed as ``error: <file or case>: <problem>``, one per line,
+    and the exit code is 2; a single problem is that one line.
 
     Args:
         datalist: path to the datalist JSON or the Decathlon dataset.json.
@@ -542,75 +987,44 @@ def validate(
             a dataset.json's paths are always relative to its own folder.
         labels: allowed label values, e.g. ``--labels=0,1,2`` (background 0 is always allowed).
             Default: the ``labels`` of a dataset.json, or of a ``dataset.json`` next to the datalist
-            in DATAROOT; without either, only integer-valued labels are required.
+            in DATAROOT; without either, the label values found must be ``0..K-1``.
         require_foreground: every label file must contain at least one non-zero voxel
             (``--norequire_foreground`` to allow empty labels).
+        max_problems: stop after this many problems.
     """
-    from tqdm import tqdm
+    import sys
 
-    path = Path(datalist)
-    data = read_json(path)
-    channels = 1
-    labels_source = "--labels" if labels is not None else None
-    if _is_decathlon(data):
-        ds = load_decathlon(path)
-        root = path.parent
-        sections: list[tuple[str, list[dict]]] = [("training", ds["training"])]
-        if labels is None:
-            labels, labels_source = declared_labels(ds), path.name
-        channels = len(ds["modality"])
-    else:
-        # A list with only "testing" (an external evaluation set) is a valid input on its own.
-        other_only = isinstance(data, dict) and "training" not in data and bool({"validation", "testing"} & set(data))
-        dl = load_datalist(path, dataroot, require_labels=True, require_training=not other_only)
-        root = Path(dataroot) if dataroot is not None else path.parent
-        sections = [(s, dl[s]) for s in ("training", "validation", "testing") if s in dl]
-        sibling = root / "dataset.json"
-        if labels is None and sibling.is_file():
-            ds = read_json(sibling)
-            if _is_decathlon(ds) and isinstance(ds.get("labels"), dict) and all(map(_is_int_string, ds["labels"])):
-                labels, labels_source = declared_labels(ds), str(sibling)
-                if isinstance(ds.get("modality"), dict) and ds["modality"]:
-                    channels = len(ds["modality"])
-    allowed = _normalise_labels(labels)
+    if isinstance(max_problems, bool) or not isinstance(max_problems, int) or max_problems < 1:
+        raise InputError(f"must be an integer >= 1, got {max_problems!r}", where="--max_problems")
+    info = DatasetInfo(datalist=Path(datalist), dataroot=Path(dataroot or Path(datalist).parent))
+    problems: list[InputError] = []
+    for problem in dataset_problems(datalist, dataroot, labels=labels, require_foreground=require_foreground,
+                                    info=info, progress=True):
+        problems.append(problem)
+        if len(problems) >= max_problems:
+            break
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        more = f"; stopped after {max_problems}" if len(problems) >= max_problems else ""
+        raise InputError(f"{len(problems)} problems found (listed above{more})", where=str(datalist))
 
-    cases = list(_cases(sections))
-    n_labelled = 0
-    shapes: list[tuple[int, int, int]] = []
-    spacings: list[tuple[float, float, float]] = []
-    found: set[int] = set()
-    for _section, entry in tqdm(cases, desc="validate", unit="case", disable=None, leave=False):
-        images = _entry_files(entry["image"]) or []
-        label_files = _entry_files(entry.get("label"))
-        if label_files is not None and len(label_files) != 1:
-            raise InputError("an entry must have exactly one label file", where=images[0])
-        info = check_case(
-            [resolve(x, root) for x in images] if len(images) > 1 else resolve(images[0], root),
-            resolve(label_files[0], root) if label_files else None,
-            labels=allowed,
-            require_foreground=require_foreground,
-            case=images[0],
-            channels=channels,
-        )
-        shapes.append(info.shape)
-        spacings.append(info.spacing)
-        if info.label_values is not None:
-            n_labelled += 1
-            found.update(info.label_values)
-
-    counts = ", ".join(f"{len(entries)} {s}" for s, entries in sections)
-    sp = np.asarray(spacings)
-    summary = [f"ok: {len(cases)} cases ({counts}; {n_labelled} labelled)"]
-    if shapes:
-        sh = np.asarray(shapes)
+    counts = ", ".join(f"{len(entries)} {s}" for s, entries in info.sections)
+    n_labelled = sum(1 for c in info.cases if c.label_values is not None)
+    summary = [f"ok: {len(info.cases)} cases ({counts}; {n_labelled} labelled)"]
+    if info.cases:
+        sh = np.asarray([c.shape for c in info.cases])
+        sp = np.asarray([c.spacing for c in info.cases])
         summary.append("  shape: " + " x ".join(_span(lo, hi, "d") for lo, hi in zip(sh.min(axis=0), sh.max(axis=0))))
         summary.append(
-            "  spacing (mm): "
-            + " x ".join(_span(lo, hi, ".2f") for lo, hi in zip(sp.min(axis=0), sp.max(axis=0)))
+            "  spacing (mm): " + " x ".join(_span(lo, hi, ".4g") for lo, hi in zip(sp.min(axis=0), sp.max(axis=0)))
         )
     if n_labelled:
-        declared = f" (declared in {labels_source}: {sorted(allowed | {0})})" if allowed is not None else ""
-        summary.append(f"  label values found: {sorted(found)}{declared}")
+        allowed = info.declared
+        declared = f" (declared in {info.labels_source}: {sorted(allowed | {0})})" if allowed is not None else ""
+        summary.append(f"  label values found: {sorted(info.labels_found)}{declared}")
     print("\n".join(summary))
 
 

@@ -240,7 +240,7 @@ def test_non_integer_label_values(tmp_path):
     img = _save(tmp_path / "img.nii.gz", _image())
     lab = _label().astype(np.float32)
     lab[3, 3, 3] = 0.5
-    with pytest.raises(InputError, match=r"label has non-integer values \(e.g. 0.5\)"):
+    with pytest.raises(InputError, match=r"label has non-integer values \(e.g. 0.5 in float32\)"):
         check_case(img, _save(tmp_path / "lab.nii.gz", lab))
     # integer-valued floats are fine (many tools save labels as float32)
     assert check_case(img, _save(tmp_path / "ok.nii.gz", _label().astype(np.float32))).label_values == (0, 1)
@@ -445,9 +445,13 @@ def test_multichannel_entries(tmp_path, capsys):
 
 def test_validation_section_is_checked(tmp_path):
     dl = _dataset(tmp_path)
+    # an image in both training and validation is a validation case, as in AutoRunner
     _edit(dl, lambda d: d.update(validation=[{"image": "imagesTr/case_001.nii.gz", "label": "labelsTr/case_001.nii.gz"}]))
-    with pytest.raises(InputError, match=r"duplicate entry: validation\[0\] and training\[1\]"):
+    load_datalist(dl)
+    _edit(dl, lambda d: d["validation"].append(dict(d["validation"][0])))
+    with pytest.raises(InputError, match=r"duplicate entry: validation\[1\] and validation\[0\]"):
         load_datalist(dl)
+    _edit(dl, lambda d: d["validation"].pop())
     _edit(dl, lambda d: d.update(validation=[d["training"].pop(1)]) or d["validation"][0].pop("label"))
     with pytest.raises(InputError, match=r"validation\[0\] is missing key 'label'"):
         load_datalist(dl)
