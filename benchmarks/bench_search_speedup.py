@@ -1,53 +1,41 @@
-"""Two-phase proxy search vs full-fidelity search on phantoms: measured speedup and regret.
+"""Expected regret of the searches at 1/8, 1/4 and 1/2 of the full-fidelity search's cost, from the benchmark table.
 
-Trains K sampled configurations at full fidelity (the reference), with the proxy network, and with both proxies
-(proxy network + proxy data) through the study command (every run via the search engine's trial runner), then
-replays the searches from the measured table (definitions in ``proxy_bundle.study.search``):
-
-* full-fidelity search: all K configurations at full fidelity (regret 0);
-* two-phase search: all K at proxy fidelity, the proxy's top-1 retrained at full fidelity (the paper's recipe),
-  and the smallest top-k that reaches the full search's regret ("speedup at equal regret").
+Trains (or resumes) the study's tabular benchmark through ``python -m proxy_bundle study`` and prints the
+replayed searches (definitions in ``proxy_bundle.study.replay``): random search, ASHA and Hyperband at full
+fidelity, and per proxy its best two-phase / ASHA-proxy method, each with a 95% bootstrap band.
 
 Usage:
     python benchmarks/bench_search_speedup.py [--task spleen_ct] [--work_dir bench_work/search_speedup_spleen_ct]
-        [--n_configs 8] [--epochs 12] [any other study option as --key value]
-    python benchmarks/bench_search_speedup.py --results W/results.json   # summarise an existing study
+        [any study option as --key value]
+    python benchmarks/bench_search_speedup.py --results docs/study_results/<task>/results.json   # summarise
 
-Runs already stored in the work dir (for example by a full ``python -m proxy_bundle study`` with the same
-settings) are reused. The last line is a one-line summary; the paper reports 3.3x (proxy network) and 4.4x
-(both proxies) on real data and GPUs, these are CPU timings on phantoms.
+The last line is a one-line summary: the lowest expected regret at 1/8 of the cost, the best baseline and
+the best proxy method there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 
 def summary_line(results: dict) -> str:
+    """One line: winner, best baseline and best proxy method at 1/8 of the full search's cost."""
     a = results["analysis"]
+    w = a.get("winner")
     meta = results["meta"]
-    parts = []
-    for name, label in (("network", "network proxy"), ("both", "both proxies"), ("short", "short training")):
-        s = a["summary"]["search"].get(name)
-        if not s:
-            continue
-        tol = a.get("tolerance", 0.0)
-        parts.append(
-            f"{label}: {s['k1_speedup']:.2f}x at regret {_f(s['k1_regret'])} (top-1), "
-            f"{s['equal_regret_speedup']:.2f}x at regret <= {tol} (top-{s['equal_regret_top_k']})"
-        )
-    return (
-        f"search speedup on phantom {meta['task']} (K={meta['n_configs']}, {meta['epochs']} epochs, "
-        f"{meta['hardware']['cores']} CPU cores): " + "; ".join(parts) + " [paper: 3.3x network, 4.4x both]"
-    )
+    head = f"search regret at 1/8 cost on {meta['task']} (K={a['n_configs']} configurations)"
+    if not w:
+        return head + ": too few complete configurations"
 
+    def fmt(x: dict) -> str:
+        r = x["regret"]
+        return f"{x['method']} {r['mean']:.3f} [{r['lower']:.3f}, {r['upper']:.3f}]"
 
-def _f(x) -> str:
-    return f"{x:.3f}" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
+    return (f"{head}: lowest {fmt(w)}; best baseline {fmt(w['best_baseline'])}; best proxy {fmt(w['best_proxy'])}"
+            + ("; a baseline beats every proxy" if w["baseline_beats_every_proxy"] else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,7 +43,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", default="spleen_ct")
     parser.add_argument("--work_dir", default=None)
     parser.add_argument("--results", default=None, help="summarise this results.json instead of running")
-    parser.add_argument("--variants", default="network,both,short")
     args, extra = parser.parse_known_args(argv)
     if args.results:
         results = json.loads(Path(args.results).read_text())
@@ -63,8 +50,11 @@ def main(argv: list[str] | None = None) -> None:
         from proxy_bundle.cli import main as cli_main
 
         work_dir = args.work_dir or f"bench_work/search_speedup_{args.task}"
-        cli_main(["study", "--task", args.task, "--work_dir", work_dir, "--variants", args.variants, *extra])
+        cli_main(["study", "--task", args.task, "--work_dir", work_dir, *extra])
         results = json.loads((Path(work_dir) / "results.json").read_text())
+    from proxy_bundle.study.report import headline_table
+
+    print("\n".join(headline_table(results)))
     print(summary_line(results))
 
 

@@ -8,7 +8,7 @@ out of the comparison instead of poisoning it.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 from scipy import stats
@@ -81,3 +81,39 @@ def agreement(proxy: Scores, reference: Scores, k: int = 3) -> dict[str, float]:
 
 def _finite(x: object) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(float(x))
+
+
+def agreement_ci(proxy: Scores, reference: Scores, k: int = 3, n_boot: int = 1000,
+                 rng: np.random.Generator | None = None, level: float = 0.95) -> dict[str, Any]:
+    """Kendall tau-b and Spearman rho with p-values and percentile bootstrap intervals, plus top-k and regret.
+
+    p-values are scipy's (``kendalltau``: exact for small n without ties, else the normal approximation;
+    ``spearmanr``: t distribution), two-sided, null of no association. Intervals resample the paired
+    configurations with replacement ``n_boot`` times (Efron & Tibshirani, 1993); a resample with a constant
+    side has no rank correlation and is left out. Returns ``{"n", "kendall", "kendall_p", "kendall_ci",
+    "spearman", "spearman_p", "spearman_ci", "top<k>_overlap", "regret"}``; NaN where undefined.
+    """
+    ids, p, r = paired(proxy, reference)
+    out: dict[str, Any] = dict(agreement(proxy, reference, k))
+    out["kendall_p"] = out["spearman_p"] = math.nan
+    out["kendall_ci"] = out["spearman_ci"] = [math.nan, math.nan]
+    if len(ids) < 3 or np.ptp(p) == 0 or np.ptp(r) == 0:
+        return out
+    out["kendall_p"] = float(stats.kendalltau(p, r).pvalue)
+    out["spearman_p"] = float(stats.spearmanr(p, r).pvalue)
+    if n_boot < 1:
+        return out
+    rng = rng if rng is not None else np.random.default_rng(0)
+    taus, rhos = [], []
+    for _ in range(n_boot):
+        j = rng.integers(0, len(ids), size=len(ids))
+        bp, br = p[j], r[j]
+        if np.ptp(bp) == 0 or np.ptp(br) == 0:
+            continue
+        taus.append(stats.kendalltau(bp, br).statistic)
+        rhos.append(stats.spearmanr(bp, br).statistic)
+    q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+    if taus:
+        out["kendall_ci"] = [float(x) for x in np.nanpercentile(taus, q)]
+        out["spearman_ci"] = [float(x) for x in np.nanpercentile(rhos, q)]
+    return out

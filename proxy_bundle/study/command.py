@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import sys
+import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -14,7 +15,7 @@ from typing import Any, Sequence
 
 from proxy_bundle.atomic import ensure_dir, write_json
 from proxy_bundle.errors import InputError
-from proxy_bundle.study.plan import METRICS, STRATEGIES, Config, Variant, build_variants, sample_configs
+from proxy_bundle.study.plan import PROXY_DATA, SHORT_BUDGETS, WIDTHS, Config, Variant, build_variants, sample_configs
 
 ALGO = "proxyseg"
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -24,76 +25,94 @@ def study(
     task: str = "spleen_ct",
     work_dir: str = "study_work",
     dataset: str | None = None,
-    n_configs: int = 8,
+    n_configs: int = 24,
     epochs: int = 8,
     size: int = 32,
     num_cases: int = 16,
     num_external: int = 6,
     fraction: float = 0.25,
-    width: float = 0.5,
+    widths: str | Sequence[float] = WIDTHS,
+    proxy_data: str | Sequence[str] = PROXY_DATA,
+    random_seeds: int = 3,
+    both_width: float | None = None,
+    both_data: str = "mi-representative",
+    short_budgets: str | Sequence[float] = SHORT_BUDGETS,
     blocks: float = 1.0,
     levels: int | None = None,
     init_filters: int = 16,
+    roi: int | None = None,
     seed: int = 0,
     variants: str | Sequence[str] | None = None,
-    metrics: str | Sequence[str] = METRICS,
-    strategies: str | Sequence[str] = STRATEGIES,
-    random_seeds: int = 3,
-    both_data: str = "mi-representative",
     selection_mode: str = "roi",
     search_space: str | None = None,
     fold: int = 0,
     top_k: int = 3,
-    regret_tolerance: float = 0.01,
+    table: str | None = None,
+    max_minutes: float | None = None,
+    replay_seeds: int = 200,
+    bootstrap: int = 200,
+    eta: int = 2,
+    include_startup: bool = False,
     templates: str | None = None,
-    val_every: int = 2,
+    val_every: int = 1,
     workers: int = 2,
     threads: int | None = 1,
     keep_checkpoints: bool = False,
     rescore_val: bool = False,
     progress: bool = True,
 ) -> None:
-    """Measure how well proxy data and proxy networks rank hyper-parameter configurations.
+    """Build a tabular benchmark of K configurations x every fidelity and replay search methods from it.
 
-    Samples N_CONFIGS configurations from the search space and trains each one at every variant: the reference
-    (full network, full data), the proxy network, proxy data for every selection metric x strategy, random
-    subsets (RANDOM_SEEDS seeds), both proxies, and an equal-cost short-training baseline. Every run is scored on
-    the validation fold and the external set. Writes WORK_DIR/report.md, PNG figures and results.json. Finished
-    runs are stored under WORK_DIR/runs and reused when the same command runs again.
+    Samples N_CONFIGS configurations from the search space and trains each one at every variant (see
+    :mod:`proxy_bundle.study.plan`): the reference, its repeat with another training seed (the noise ceiling),
+    the proxy network at each width, proxy data per metric-strategy pair, random subsets, both proxies and
+    shorter training. Every run's per-epoch validation curve and load-independent cost are stored; the table
+    (one JSON line per run) is imported from and exported to TABLE, so a study resumes and extends across
+    invocations and machines. Search methods are then replayed from the table (random search, ASHA,
+    Hyperband, two-phase proxy searches, proxy + ASHA, short training), and WORK_DIR/report.md, the figures
+    and results.json are written.
 
     Args:
         task: phantom task to generate when no DATASET is given: spleen_ct or prostate_mr.
         work_dir: output folder (also holds the generated dataset, trials and stored runs).
         dataset: an MSD-layout dataset folder with datalist.json (folds), external.json and dataset.json;
             default: generate phantoms in WORK_DIR/data.
-        n_configs: number of sampled configurations (>= 3; 8 or more for meaningful ranks).
+        n_configs: number of sampled configurations K (>= 3; 24 or more for intervals worth reading).
         epochs: training epochs at full fidelity.
         size: phantom grid size (voxels per axis) when generating.
         num_cases: phantom training cases when generating.
         num_external: phantom external-site cases when generating.
-        fraction: proxy-data fraction of the training cases (also sets the short baseline's epochs).
-        width: proxy-network channel multiplier.
+        fraction: proxy-data fraction of the training cases.
+        widths: proxy-network channel multipliers (comma-separated), one network variant each.
+        proxy_data: proxy-data selections as METRIC-STRATEGY pairs (comma-separated; metric mi, nmi or ncc,
+            strategy representative, diverse or coverage).
+        random_seeds: number of random subsets.
+        both_width: proxy-network width of the both-proxies variant (default: the smallest of WIDTHS).
+        both_data: the subset of the both-proxies variant, as METRIC-STRATEGY.
+        short_budgets: shorter-training budgets as fractions of EPOCHS (comma-separated).
         blocks: proxy-network residual-block multiplier.
         levels: proxy-network resolution levels (default: the full network's).
         init_filters: channels of the full network's first level.
+        roi: training patch and sliding-window size (voxels per axis; default: the template's from the data).
         seed: configuration sampling seed.
-        variants: comma-separated variant or family names to run (reference always runs);
-            families: reference, network, data, random, both, short, repeat (the reference with another
-            training seed: the noise ceiling). Default: all but repeat.
-        metrics: selection metrics for the proxy-data variants (comma-separated: mi, nmi, ncc).
-        strategies: selection strategies (comma-separated: representative, diverse, coverage).
-        random_seeds: number of random subsets.
-        both_data: the subset of the both-proxies variant, as METRIC-STRATEGY.
+        variants: comma-separated variant or family names to run (reference always runs); families:
+            reference, repeat, network, data, random, both, short. Default: all.
         selection_mode: how cases are compared for selection: roi (label bounding box + margin) or image.
         search_space: search-space YAML (default: the built-in segmentation space).
         fold: validation fold.
         top_k: k of the top-k overlap.
-        regret_tolerance: regret (reference validation Dice) still counted as equal to the full search's for
-            the "speedup at equal regret".
+        table: the benchmark table (JSON Lines) to resume from and write back (default WORK_DIR/table.jsonl).
+        max_minutes: stop starting runs and stop running ones (they are not stored) after this many minutes
+            of training, then replay and report what the table holds; the next invocation resumes.
+        replay_seeds: random orderings per replayed search method.
+        bootstrap: bootstrap resamples of the configurations for the 95% bands and intervals.
+        eta: reduction factor of ASHA and Hyperband.
+        include_startup: count every trial's process start-up in the replayed costs (default: training and
+            validation only, as with the search engine's long-lived workers).
         templates: Auto3DSeg templates folder (default: WORK_DIR/algorithm_templates if present, else the
             bundled algorithm_templates).
-        val_every: validate every this many epochs (and after the last); the search sees the best validation.
-        workers: trials trained side by side (each in its own process; 2 suits a 2-core machine).
+        val_every: validate every this many epochs (1 stores the full per-epoch curve that ASHA needs).
+        workers: trials trained side by side (each in its own process; 2 suits a 2-core machine, 1 a GPU).
         threads: CPU threads per trial (OMP_NUM_THREADS of the trial processes); empty keeps the environment's.
         keep_checkpoints: keep each trial's resumable last.pt (large); model.pt is always kept.
         rescore_val: score the validation fold again with the study's evaluator instead of taking the
@@ -105,15 +124,26 @@ def study(
         if len(sys.argv) > 1 and sys.argv[1] == "study" else f"study(task={task!r}, work_dir={work_dir!r}, ...)"
     from proxy_bundle.hpo.space import load_space, suggest
     from proxy_bundle.study.analysis import analyse
-    from proxy_bundle.study.prepare import dataset_paths, ensure_analysis, ensure_phantoms, ensure_subsets
-    from proxy_bundle.study.report import hardware, write_report
+    from proxy_bundle.study.prepare import (
+        content_hash,
+        dataset_paths,
+        ensure_analysis,
+        ensure_phantoms,
+        ensure_subsets,
+    )
+    from proxy_bundle.study.report import hardware, hardware_summary, write_report
 
     w = ensure_dir(Path(work_dir).resolve())
     plan = build_variants(
-        epochs=int(epochs), fraction=float(fraction), metrics=_names(metrics, "metrics"),
-        strategies=_names(strategies, "strategies"), random_seeds=tuple(range(int(random_seeds))),
-        both_data=both_data, include=_names(variants, "variants") if variants else None,
+        epochs=int(epochs), fraction=float(fraction), proxy_data=_names(proxy_data, "proxy_data"),
+        random_seeds=tuple(range(int(random_seeds))), widths=_floats(widths, "widths"),
+        both_width=both_width, both_data=both_data, short_budgets=_floats(short_budgets, "short_budgets"),
+        include=_names(variants, "variants") if variants else None,
     )
+    if max_minutes is not None and float(max_minutes) <= 0:
+        raise InputError(f"max_minutes must be > 0, got {max_minutes}", where="study --max_minutes")
+    if roi is not None and int(roi) < 8:
+        raise InputError(f"roi must be >= 8 voxels, got {roi}", where="study --roi")
     space = load_space(search_space)
     configs = sample_configs(lambda trial: suggest(trial, space), int(n_configs), seed=int(seed))
 
@@ -138,7 +168,8 @@ def study(
     runner = AlgoRunner.from_templates(
         templates_dir, ALGO, ensure_dir(w / "algo"), data.datastats, data.input_yaml, fold=int(fold),
         base_overrides={"num_epochs_per_validation": int(val_every), "num_workers": 0, "cache_dir": str(w / "cache"),
-                        "network#init_filters": int(init_filters)},
+                        "network#init_filters": int(init_filters),
+                        **({"roi_size": [int(roi)] * 3} if roi is not None else {})},
     )
     val_cases = read_cases(data.datalist, "training", data.dataroot, fold=int(fold))
     sets = {"ext": read_cases(data.external, "testing", data.dataroot)}
@@ -148,12 +179,16 @@ def study(
         raise InputError(f"no training case has fold {fold}", where=str(data.datalist))
     if not sets["ext"]:
         raise InputError("the external set is empty", where=str(data.external))
-    context = {"dataset": str(data.dataroot), "fold": int(fold), "init_filters": int(init_filters),
-               "val_every": int(val_every),
-               "selection_mode": selection_mode,
-               "templates": str(templates_dir.resolve())}
+    # Content hashes, not paths: the table is reused on another machine only for the same data and template.
+    context = {"dataset": content_hash(*(p for p in (data.datalist, data.external, data.dataroot / "dataset.json",
+                                                      data.dataroot / "phantom_meta.json") if p.is_file())),
+               "fold": int(fold), "init_filters": int(init_filters), "val_every": int(val_every),
+               "roi": int(roi) if roi is not None else None, "selection_mode": selection_mode,
+               "template": content_hash(Path(templates_dir) / ALGO, patterns=("*.py", "*.yaml", "*.json"))}
 
     store = RunStore(w / "runs")
+    table_file = Path(table).resolve() if table else w / "table.jsonl"
+    imported = store.import_table(table_file)
     if threads is not None:
         import torch
 
@@ -162,24 +197,34 @@ def study(
     jobs = []
     for c in configs:  # configuration-major: every block of runs costs about the same, so the ETA is steady
         for v in plan:
-            fid = fidelity(v, subsets, float(width), float(blocks), levels)
+            fid = fidelity(v, subsets, float(blocks), levels)
             jobs.append((c, v, fid, run_spec(c, v, fid, context)))
     todo = [j for j in jobs if store.get(j[0].id, j[1].name, j[3]) is None]
     print(f"study: {len(configs)} configurations x {len(plan)} variants = {len(jobs)} runs "
-          f"({len(jobs) - len(todo)} stored, {len(todo)} to train) in {w}", flush=True)
+          f"({len(jobs) - len(todo)} stored, {len(todo)} to train) in {w}"
+          + (f"; {imported} imported from {table_file}" if imported else ""), flush=True)
 
     from tqdm.auto import tqdm
 
     stop = threading.Event()
+    deadline = t_start + 60.0 * float(max_minutes) if max_minutes is not None else None
+    timer = threading.Timer(max(0.0, deadline - time.time()), stop.set) if deadline is not None else None
+    walls: list[float] = []
+    hw = hardware()
 
     def work(job: tuple) -> dict | None:
         c, v, fid, spec = job
         if stop.is_set():
             return None
+        if deadline is not None and walls and time.time() + statistics.median(walls) > deadline:
+            return None  # would not finish in time: leave it to the next invocation
+        t_run = time.monotonic()
         rec = train_and_score(runner, evaluator, c, fid, w / "trials" / v.name / c.id, sets, keep_checkpoints,
                               v.train_seed, stop=stop)
         if rec["status"] == "interrupted":
             return None
+        walls.append(time.monotonic() - t_run)
+        rec["hardware"] = hw
         return store.put(c.id, v.name, spec, rec)
 
     bar = tqdm(total=len(todo), desc="study", unit="run", disable=not progress, dynamic_ncols=True)
@@ -188,6 +233,9 @@ def study(
         # Trials inherit the environment: one thread per trial avoids OpenMP oversubscription when trials run
         # side by side (on a busy 2-core machine two 2-thread trials run several times slower than 1-thread ones).
         os.environ.update({k: str(int(threads)) for k in _THREAD_VARS})
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     try:
         with ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix="study") as pool:
             futures = [pool.submit(work, j) for j in todo]
@@ -204,6 +252,8 @@ def study(
                     f.cancel()
                 raise
     finally:
+        if timer is not None:
+            timer.cancel()
         bar.close()
         for k, val in saved_env.items():
             if val is None:
@@ -213,7 +263,11 @@ def study(
 
     records = [store.get(c.id, v.name, spec) for c, v, _, spec in jobs]
     records = [r for r in records if r is not None]
-    analysis = analyse(records, plan, k=int(top_k), tolerance=float(regret_tolerance))
+    n_rows = store.export_table(table_file, keep={(r["config_id"], r["variant"], r["spec_hash"]) for r in records})
+    print(f"study: table {table_file} ({n_rows} runs of {len(jobs)})", flush=True)
+    trained = len(walls)
+    analysis = analyse(records, plan, k=int(top_k), replay_seeds=int(replay_seeds), bootstrap=int(bootstrap),
+                       eta=int(eta), seed=int(seed), include_startup=bool(include_startup))
     n_val = len(val_cases)
     n_train = sum(1 for _ in read_cases(data.datalist, "training", data.dataroot)) - n_val
     meta = {
@@ -221,13 +275,20 @@ def study(
         "command": command,
         "hardware": hardware(),
         "wall_s": time.time() - t_start,
-        "runs_trained": len(todo),
+        "runs_trained": trained,
         "runs_reused": len(jobs) - len(todo),
+        "runs_missing": len(jobs) - len(records),
+        "table": str(table_file),
+        "max_minutes": max_minutes,
         "n_configs": int(n_configs),
         "seed": int(seed),
         "epochs": int(epochs),
-        "short_epochs": next((v.epochs for v in plan if v.family == "short"), None),
-        "width": float(width),
+        "short_epochs": [v.epochs for v in plan if v.family == "short"],
+        "widths": sorted({v.width for v in plan if v.width is not None}, reverse=True),
+        "roi": int(roi) if roi is not None else None,
+        "replay_seeds": int(replay_seeds),
+        "bootstrap": int(bootstrap),
+        "eta": int(eta),
         "blocks": float(blocks),
         "levels": levels,
         "init_filters": int(init_filters),
@@ -237,7 +298,6 @@ def study(
         "fraction": float(fraction),
         "selection_mode": selection_mode,
         "fold": int(fold),
-        "regret_tolerance": float(regret_tolerance),
         "n_val": n_val,
         "n_train": n_train,
         "n_ext": len(sets["ext"]),
@@ -252,10 +312,14 @@ def study(
     except (OSError, ValueError):
         invocations = []
     invocations.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)), "command": command,
-                        "wall_s": meta["wall_s"], "runs_trained": len(todo)})
+                        "wall_s": meta["wall_s"], "runs_trained": trained})
     write_json(log_file, invocations)
     meta["invocations"] = invocations
     results = {
+        "n_configs": analysis["n_configs"],
+        "hardware": hardware_summary(records),
+        "noise_ceiling": analysis["noise_ceiling"],
+        "replay": analysis["replay"],
         "meta": meta,
         "variants": [v.as_dict() for v in plan],
         "configs": [{"id": c.id, "params": c.params} for c in configs],
@@ -278,6 +342,14 @@ def _names(value: str | Sequence[str] | None, what: str) -> list[str]:
     return out
 
 
+def _floats(value: str | Sequence[float] | None, what: str) -> list[float]:
+    items = _names(value if isinstance(value, str) else [str(v) for v in (value or [])], what)
+    try:
+        return [float(v) for v in items]
+    except ValueError:
+        raise InputError(f"not a comma-separated list of numbers: {value!r}", where=f"study --{what}") from None
+
+
 def _dataset_meta(root: Path, generated: bool, num_cases: int, num_external: int, size: int) -> dict[str, Any]:
     try:
         meta = json.loads((Path(root) / "phantom_meta.json").read_text())
@@ -292,7 +364,6 @@ def print_summary(results: dict, report: Path) -> None:
     """The headline numbers on stdout."""
     from proxy_bundle.study.report import headline_table
 
-    a = results["analysis"]
     print("\n".join(headline_table(results)))
     fails = len(results["failed"])
     print(f"study: {len(results['runs'])} runs ({fails} failed), wall {results['meta']['wall_s'] / 60:.1f} min "

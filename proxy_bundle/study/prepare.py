@@ -117,3 +117,22 @@ def _read(path: Path) -> Any:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def content_hash(*paths: str | Path, patterns: tuple[str, ...] = ("*",)) -> str:
+    """SHA-256 (16 hex digits) of the contents of files and of folders' files matching ``patterns``.
+
+    Names are hashed relative to each given path, so the same content at another place on another machine
+    has the same hash (what lets a committed table be reused elsewhere); ``__pycache__`` is skipped.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for root in paths:
+        root = Path(root)
+        files = [root] if root.is_file() else sorted(
+            p for pat in patterns for p in root.rglob(pat) if p.is_file() and "__pycache__" not in p.parts)
+        for f in files:
+            h.update(str(f.relative_to(root) if f != root else f.name).encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:16]

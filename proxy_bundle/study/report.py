@@ -6,17 +6,12 @@ import math
 import os
 import platform
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from proxy_bundle.atomic import atomic_path, ensure_dir, write_json, write_text
 
-FIGURES = {
-    "scatter": "fig_scatter.png",
-    "strategies": "fig_tau_by_strategy.png",
-    "pareto": "fig_cost_vs_tau.png",
-    "search": "fig_search_speedup.png",
-}
-PAPER = {"network": 3.3, "both": 4.4}  # Nath et al., MICCAI 2021: reported HPO speedups
+FIGURES = {"regret": "fig_regret_vs_cost.png", "agreement": "fig_agreement.png"}
+BASELINE_NAMES = ("random search", "ASHA", "Hyperband")
 
 
 def hardware() -> dict[str, Any]:
@@ -47,24 +42,36 @@ def hardware() -> dict[str, Any]:
     }
 
 
+def hardware_summary(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct machines that trained the table's runs, with how many runs each."""
+    seen: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        h = r.get("hardware") or {}
+        key = f"{h.get('gpu') or 'no GPU'} | {h.get('cpu')} | {h.get('cores')} cores | torch {h.get('torch')}"
+        seen.setdefault(key, {"machine": key, **h, "runs": 0})["runs"] += 1
+    return list(seen.values())
+
+
 def write_report(work_dir: str | Path, results: Mapping[str, Any]) -> Path:
     """Write results.json, the figures and report.md into ``work_dir``; returns the report path."""
     w = ensure_dir(work_dir)
     write_json(w / "results.json", results)
-    figures(w, results["analysis"])
+    figures(w, results)
     return write_text(w / "report.md", markdown(results))
 
 
 # --------------------------------------------------------------------------------------------- figures
-def figures(out: Path, analysis: Mapping[str, Any]) -> dict[str, Path]:
+def figures(out: Path, results: Mapping[str, Any]) -> dict[str, Path]:
+    """``fig_regret_vs_cost.png`` (baselines and the best method per proxy, 95% bands) and
+    ``fig_agreement.png`` (Kendall tau with intervals next to the noise ceiling)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = {}
-    for key, fn in (("scatter", _scatter), ("strategies", _strategies), ("pareto", _pareto), ("search", _search)):
-        fig = fn(plt, analysis)
+    for key, fn in (("regret", _regret_fig), ("agreement", _agreement_fig)):
+        fig = fn(plt, results)
         with atomic_path(out / FIGURES[key]) as tmp:
             fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
         plt.close(fig)
@@ -72,311 +79,222 @@ def figures(out: Path, analysis: Mapping[str, Any]) -> dict[str, Path]:
     return paths
 
 
-def _others(analysis: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
-    return [(n, e) for n, e in analysis["variants"].items() if e["family"] != "reference"]
-
-
-def _scatter(plt, analysis):
-    items = _others(analysis)
-    ref = analysis["reference"]["scores"]["val"]
-    cols = min(4, max(1, len(items)))
-    rows = max(1, math.ceil(len(items) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
-    for ax in axes.flat[len(items):]:
-        ax.axis("off")
-    for ax, (name, e) in zip(axes.flat, items):
-        s = e["scores"]["val"]
-        ids = sorted(set(s) & set(ref))
-        ax.scatter([s[i] for i in ids], [ref[i] for i in ids], s=18, color="tab:blue")
-        for i in ids:
-            ax.annotate(i, (s[i], ref[i]), fontsize=6, alpha=0.7)
-        tau = e["agreement"]["val"]["kendall"]
-        ax.set_title(f"{name}\ntau={_f(tau)}", fontsize=8)
-        ax.tick_params(labelsize=6)
-        ax.set_xlabel("variant val Dice", fontsize=7)
-        ax.set_ylabel("reference val Dice", fontsize=7)
-    fig.suptitle("Proxy vs reference validation Dice per configuration", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def _strategies(plt, analysis):
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    for ax, s in zip(axes, ("val", "ext")):
-        items = [(n, e) for n, e in _others(analysis) if e["family"] != "random"]
-        rand = [e["agreement"][s]["kendall"] for _, e in _others(analysis) if e["family"] == "random"]
-        rand = [t for t in rand if _finite(t)]
-        names = [n for n, _ in items]
-        taus = [e["agreement"][s]["kendall"] for _, e in items]
-        colors = {"data": "tab:blue", "network": "tab:orange", "both": "tab:green", "short": "tab:gray",
-                  "repeat": "tab:purple"}
-        ax.bar(range(len(items)), [t if _finite(t) else 0 for t in taus],
-               color=[colors.get(e["family"], "k") for _, e in items])
-        if rand:
-            mean = sum(rand) / len(rand)
-            ax.axhspan(min(rand), max(rand), color="tab:red", alpha=0.15, label=f"random subsets (n={len(rand)}) range")
-            ax.axhline(mean, color="tab:red", lw=1, label="random mean")
-            ax.legend(fontsize=7, loc="lower right")
-        ax.axhline(0, color="k", lw=0.5)
-        ax.set_xticks(range(len(items)), names, rotation=60, ha="right", fontsize=7)
-        ax.set_title(f"Kendall tau vs reference ({'validation fold' if s == 'val' else 'external set'})", fontsize=9)
-        ax.set_ylim(-1.05, 1.05)
-    axes[0].set_ylabel("Kendall tau")
-    fig.tight_layout()
-    return fig
-
-
-def _pareto(plt, analysis):
-    fig, ax = plt.subplots(figsize=(6, 4))
-    pts = []
-    for name, e in _others(analysis):
-        tau = e["agreement"]["val"]["kendall"]
-        if _finite(tau) and _finite(e["cost_ratio"]):
-            pts.append((e["cost_ratio"], tau, name))
-    for c, t, n in pts:
-        ax.scatter(c, t, s=20)
-        ax.annotate(n, (c, t), fontsize=6)
-    front, best = [], -math.inf
-    for c, t, n in sorted(pts):
-        if t > best:
-            front.append((c, t))
-            best = t
-    if front:
-        ax.step([c for c, _ in front], [t for _, t in front], where="post", color="k", lw=0.8, label="Pareto front")
-        ax.legend(fontsize=7)
-    ax.set_xlabel("cost relative to the reference (wall-clock, all configurations)")
-    ax.set_ylabel("Kendall tau (validation)")
-    ax.set_title("Cost vs ranking agreement", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def _search(plt, analysis):
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    rs = analysis["reference"]["random_search"]
-    full = analysis["reference"]["full_search_cost_s"]
-    if rs:
-        ax.plot([r["cost_s"] / full for r in rs], [r["expected_regret"] for r in rs], "k--", lw=1,
-                label="full fidelity, random n of K (expected)")
-    ax.scatter([1.0], [0.0], color="k", marker="*", s=80, zorder=3, label="full-fidelity search (K configs)")
-    for name, e in _others(analysis):
-        if not e.get("search") or e["family"] not in ("network", "both", "short", "data"):
+def headline_methods(analysis: Mapping[str, Any]) -> list[str]:
+    """The baselines, then per proxy variant the method (two-phase or ASHA-proxy, any top-k) with the lowest
+    expected regret at 1/8 of the full cost, best first."""
+    rows = analysis.get("budget_table") or []
+    base = [r["method"] for r in rows if r["method"] in BASELINE_NAMES]
+    best: dict[str, Mapping[str, Any]] = {}
+    for r in rows:
+        if r["proxy"] is None:
             continue
-        curve = e["search"]["curve"]
-        style = "-" if e["family"] in ("network", "both") else ":"
-        ax.plot([o["cost_s"] / full for o in curve], [o["regret"] for o in curve], style, marker="o", ms=3,
-                lw=1.2 if style == "-" else 0.7, label=f"two-phase, {name} (top-k=1..K)")
-    ax.set_xlabel("search cost relative to the full-fidelity search")
-    ax.set_ylabel("regret (reference val Dice)")
-    ax.set_title("Two-phase search: cost vs regret", fontsize=9)
-    ax.legend(fontsize=6, ncol=1, loc="upper right")
+        cur = best.get(r["proxy"])
+        if cur is None or (r["0.125"]["mean"], r["0.125"]["upper"]) < (cur["0.125"]["mean"], cur["0.125"]["upper"]):
+            best[r["proxy"]] = r
+    prox = sorted(best.values(), key=lambda r: (r["0.125"]["mean"], r["0.125"]["upper"]))
+    return base + [r["method"] for r in prox]
+
+
+def _regret_fig(plt, results):
+    a = results["analysis"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    names = headline_methods(a)
+    shown = [n for n in names if n in BASELINE_NAMES] + [n for n in names if n not in BASELINE_NAMES][:4]
+    for i, n in enumerate(shown):
+        r = a["replay"][n]
+        style = "--" if n in BASELINE_NAMES else "-"
+        line, = ax.plot(r["fractions"], r["mean"], style, lw=1.6, label=n, color=f"C{i}")
+        ax.fill_between(r["fractions"], r["lower"], r["upper"], color=line.get_color(), alpha=0.12, lw=0)
+    for b in (0.125, 0.25, 0.5):
+        ax.axvline(b, color="0.6", lw=0.6, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlim(0.02, 1.5)
+    ax.set_xlabel("cost (fraction of the full-fidelity search over all K configurations)")
+    ax.set_ylabel("expected regret (reference val Dice)")
+    ax.set_title(f"{results['meta']['task']}: expected regret vs cost, K={a['n_configs']}, "
+                 f"{a['replay_seeds']} orderings, 95% bootstrap bands", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def _agreement_fig(plt, results):
+    a = results["analysis"]
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    names = list(a.get("agreement", {}))
+    for j, s in enumerate(("val", "ext")):
+        taus = [a["agreement"][n][s]["kendall"] for n in names]
+        lo = [a["agreement"][n][s]["kendall_ci"][0] for n in names]
+        hi = [a["agreement"][n][s]["kendall_ci"][1] for n in names]
+        x = [i + (j - 0.5) * 0.3 for i in range(len(names))]
+        err = [[_nz(t - l) for t, l in zip(taus, lo)], [_nz(h - t) for t, h in zip(taus, hi)]]
+        ax.errorbar(x, taus, yerr=err, fmt="o", ms=4, capsize=2, label=f"{s} set", color=f"C{j}")
+    nc = a.get("noise_ceiling")
+    if nc:
+        ax.axhline(nc["val"]["kendall"], color="k", lw=0.8, ls="--", label="noise ceiling (val)")
+    ax.axhline(0, color="0.5", lw=0.5)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=40, ha="right", fontsize=7)
+    ax.set_ylabel("Kendall tau vs reference")
+    ax.set_title("Rank agreement with 95% bootstrap intervals", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _nz(x: float) -> float:
+    return max(0.0, x) if _finite(x) else 0.0
 
 
 # --------------------------------------------------------------------------------------------- markdown
+def budget_rows(analysis: Mapping[str, Any], names: Sequence[str] | None = None) -> list[str]:
+    """Markdown table: expected regret [95% band] at 1/8, 1/4 and 1/2 of the full search's cost."""
+    by = {r["method"]: r for r in analysis.get("budget_table") or []}
+    names = list(names) if names is not None else list(by)
+    out = ["| method | regret at 1/8 cost | at 1/4 | at 1/2 |", "|---|---|---|---|"]
+    for n in names:
+        r = by[n]
+        cells = [f"{r[b]['mean']:.3f} [{r[b]['lower']:.3f}, {r[b]['upper']:.3f}]" for b in ("0.125", "0.25", "0.5")]
+        out.append(f"| {n} | " + " | ".join(cells) + " |")
+    return out
+
+
+def verdict(analysis: Mapping[str, Any]) -> str:
+    """One sentence: the winner at 1/8 of the cost and whether a baseline beats every proxy method."""
+    w = analysis.get("winner")
+    if not w:
+        return "Too few complete configurations to replay searches."
+    text = (f"Lowest expected regret at 1/8 of the full search's cost: **{w['method']}** "
+            f"({w['regret']['mean']:.3f} [{w['regret']['lower']:.3f}, {w['regret']['upper']:.3f}]).")
+    b, p = w.get("best_baseline"), w.get("best_proxy")
+    if b and p:
+        if w["baseline_beats_every_proxy"]:
+            text += (f" **A baseline beats every proxy method here**: {b['method']} "
+                     f"{b['regret']['mean']:.3f} vs the best proxy method, {p['method']}, {p['regret']['mean']:.3f}.")
+        else:
+            text += (f" Best baseline: {b['method']} {b['regret']['mean']:.3f}; best proxy method: {p['method']} "
+                     f"{p['regret']['mean']:.3f}.")
+        overlap = p["regret"]["lower"] <= b["regret"]["upper"] and b["regret"]["lower"] <= p["regret"]["upper"]
+        if overlap:
+            text += " Their 95% bands overlap, so this difference is not resolved by K configurations."
+    return text
+
+
+def _ci(x: Sequence[float]) -> str:
+    return f"[{_f(x[0])}, {_f(x[1])}]"
+
+
+def _p(x: float) -> str:
+    return "-" if not _finite(x) else (f"{x:.3f}" if x >= 0.001 else "<0.001")
+
+
 def markdown(results: Mapping[str, Any]) -> str:
-    a = results["analysis"]
-    meta = results["meta"]
-    hw = meta["hardware"]
-    summ = a["summary"]
-    lines = [
-        f"# Proxy study: {meta['task']}{' (phantom data)' if meta['dataset']['phantoms'] else ''}",
-        "",
-        ("**The data are synthetic phantoms** generated by `proxy_bundle.phantoms` "
-         f"({meta['dataset']['num_cases']} training cases, {meta['dataset']['num_external']} external cases, "
-         f"{meta['dataset']['size']}^3 voxels); the numbers measure the method on this benchmark, not clinical "
-         "accuracy." if meta["dataset"]["phantoms"] else f"Dataset: `{meta['dataset']['path']}`."),
-        "",
+    meta, a = results["meta"], results["analysis"]
+    ds = meta["dataset"]
+    lines = [f"# Proxy benchmark: {meta['task']}" + (" (phantom data)" if ds.get("phantoms") else ""), ""]
+    if ds.get("phantoms"):
+        lines += [f"**The data are synthetic phantoms** generated by `proxy_bundle.phantoms` ({ds['num_cases']} "
+                  f"training cases, {ds['num_external']} external cases, {ds['size']}^3 voxels); the numbers measure "
+                  "the method on this benchmark, not clinical accuracy.", ""]
+    planned = meta["n_configs"]
+    lines += [
         f"- Command: `{meta['command']}`",
-        f"- Hardware: {hw['cpu']}, {hw['cores']} cores, GPU: {hw['gpu'] or 'none'}; torch {hw['torch']} "
-        f"({hw['torch_threads']} threads), MONAI {hw['monai']}, Optuna {hw['optuna']}, Python {hw['python']}",
-        f"- Wall-clock of the study: {_study_wall(meta) / 60:.1f} min over {len(meta.get('invocations', [])) or 1} "
-        f"invocation(s) (this one: {meta['wall_s'] / 60:.1f} min, {meta['runs_trained']} runs trained, "
-        f"{meta['runs_reused']} reused)",
-        f"- {meta['n_configs']} configurations sampled (seed {meta['seed']}), {meta['epochs']} epochs at full "
-        f"fidelity, proxy network width x{meta['width']}, proxy data fraction {meta['fraction']}, "
-        f"validation fold {meta['fold']} ({meta['n_val']} cases), {meta['n_train']} training cases.",
-        f"- Full network: the template's SegResNetDS with {meta.get('init_filters', '?')} initial filters; validation "
-        f"every {meta.get('val_every', 1)} epochs; trials run {meta.get('workers', 1)} at a time, "
-        f"{meta.get('threads') or 'default'} CPU thread(s) each (costs are per-trial wall-clock under that load).",
+        f"- Table: {a['n_configs']} complete configurations of {planned} planned x {len(results['variants'])} "
+        f"variants ({len(results['runs'])} runs stored; a later invocation with the same command resumes and "
+        "extends it).",
+        "- Hardware: " + "; ".join(f"{h['machine']} ({h['runs']} runs)" for h in results.get("hardware") or []),
+        f"- Wall-clock of the study: {_study_wall(meta) / 60:.1f} min over "
+        f"{len(meta.get('invocations', [])) or 1} invocation(s).",
+        f"- Full fidelity: the template's SegResNetDS with {meta.get('init_filters')} initial filters, "
+        f"{meta['epochs']} epochs, validation every {meta.get('val_every', 1)} epoch(s), roi "
+        f"{meta.get('roi') or 'from the data'}; proxy network widths {meta.get('widths')}, proxy data fraction "
+        f"{meta['fraction']}, short training {meta.get('short_epochs')} epochs.",
+        "- Cost: " + ("process CPU seconds of training and validation (load-independent)" if _basis(results) ==
+                      "cpu_process" else "device seconds of training and validation on a dedicated device")
+        + "; the trial process start-up is " + ("included" if a.get("include_startup") else
+                                                "excluded (long-lived search workers do not pay it per trial)")
+        + f". Replays: {a['replay_seeds']} random orderings per method, 95% bands from {a['bootstrap']} "
+        "bootstrap resamples of the configurations.",
         "",
-        "## Definitions",
+        "## Expected regret vs cost",
         "",
-        "- *Reference*: full network, full training data. Every configuration is trained at every variant.",
-        "- *Agreement* (per evaluation set): Kendall tau-b and Spearman rho between a variant's Dice and the "
-        "reference's Dice of the same configurations; top-k overlap = share of the reference's top-k found in the "
-        "variant's top-k; regret = reference Dice of the reference-best configuration minus reference Dice of the "
-        "variant-best configuration (expected value over ties).",
-        "- *val*: best mean Dice on the held-out validation fold during training (what a search observes). "
-        "*ext*: Dice of the same checkpoint on the external set.",
-        "- *Cost*: wall-clock seconds of the trials (process start-up, data preparation, training, validation).",
-        "- *Two-phase search* (replayed from the measured table): phase 1 trains all K configurations at the proxy "
-        "fidelity, phase 2 retrains the proxy's top-k at full fidelity and keeps the best by reference validation "
-        "Dice. Its cost = sum of the phase-1 costs + the reference costs of the top-k. *Full-fidelity search* = "
-        "all K configurations at full fidelity (regret 0). *Speedup* = full-fidelity cost / two-phase cost. "
-        "*Speedup at equal regret* uses the cheapest top-k whose regret is <= "
-        f"{a['tolerance']} Dice (the full search's regret, 0, plus a tolerance for configurations that tie within "
-        "training noise); *exact best* uses the cheapest top-k that finds the reference-best configuration itself.",
-        f"- *short*: full fidelity for {meta['short_epochs']} epochs, the same number of training iterations as "
-        "a proxy-data run: the equal-cost baseline.",
+        f"![regret vs cost]({FIGURES['regret']})",
         "",
-        "## Headline",
+        verdict(a),
         "",
-        *headline_table(results),
+    ]
+    if a.get("budget_table"):
+        lines += budget_rows(a, headline_methods(a)) + [""]
+    lines += [
+        "Regret = best reference validation Dice among the K configurations minus that of the configuration the "
+        "method returns at that cost; before a method has a result it returns a random configuration. "
+        "*random search*: full fidelity in random order. *ASHA* (Li et al., MLSys 2020) and *Hyperband* (Li et al., "
+        f"JMLR 2018), eta={a['eta']}, from the stored per-epoch curves of the full-fidelity runs. *two-phase P top-k*: "
+        "all K at proxy fidelity P, the top-k retrained at full fidelity (Nath et al., MICCAI 2021). *ASHA-proxy P "
+        "top-k*: ASHA at proxy fidelity P, its top-k retrained at full fidelity. The table shows the baselines and, "
+        "per proxy, its best method at 1/8 of the cost; every method is in the last section and in results.json.",
         "",
-        "## All variants",
+        "## Rank agreement with the reference, next to the noise ceiling",
         "",
-        "| variant | runs | cost vs reference | tau val | rho val | tau ext | rho ext | "
-        f"top{a['k']} val | regret val | regret ext | two-phase k=1 speedup / regret |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"![agreement]({FIGURES['agreement']})",
+        "",
+        "| variant | cost vs reference | tau val [95% CI] | p | rho val [95% CI] | p | tau ext [95% CI] | "
+        f"top{a['k']} val | regret val |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     topk = f"top{a['k']}_overlap"
-    for name, e in a["variants"].items():
-        ag_v, ag_e = e["agreement"]["val"], e["agreement"]["ext"]
-        srch = e.get("search", {}).get("k1")
-        sp = f"{srch['speedup']:.2f}x / {srch['regret']:.3f}" if srch else "-"
+    for n, ag in (a.get("agreement") or {}).items():
+        v, e = ag["val"], ag["ext"]
+        label = f"{n} (noise ceiling)" if n == "repeat" else n
         lines.append(
-            f"| {name} | {e['n_runs']} | {_f(e['cost_ratio'], 2)} | {_f(ag_v['kendall'])} | {_f(ag_v['spearman'])} "
-            f"| {_f(ag_e['kendall'])} | {_f(ag_e['spearman'])} | {_f(ag_v[topk], 2)} "
-            f"| {_f(ag_v['regret'], 3)} | {_f(ag_e['regret'], 3)} | {sp} |"
-        )
+            f"| {label} | {_f(a['costs'][n]['cost_fraction'])} | {_f(v['kendall'])} {_ci(v['kendall_ci'])} | "
+            f"{_p(v['kendall_p'])} | {_f(v['spearman'])} {_ci(v['spearman_ci'])} | {_p(v['spearman_p'])} | "
+            f"{_f(e['kendall'])} {_ci(e['kendall_ci'])} | {_f(v.get(topk))} | "
+            f"{_f(v['regret'], 3)} |")
     lines += [
         "",
-        "## README row (Kendall tau on the external set; two-phase search with top-1, regret in reference "
-        "validation Dice)",
+        "p: two-sided test of no association (scipy.stats). The noise ceiling is the reference trained again with "
+        "another seed: a proxy cannot be expected to rank configurations better than that.",
         "",
-        *README_HEADER,
-        readme_row(results),
+        "## Every replayed method",
+        "",
     ]
-    ref_val = sorted(a["reference"]["scores"]["val"].values(), reverse=True)
-    if ref_val:
-        near = sum(1 for x in ref_val if ref_val[0] - x <= 0.02)
-        lines += [
-            "",
-            f"Reference validation Dice spans {ref_val[-1]:.3f}-{ref_val[0]:.3f}; {near} of {len(ref_val)} "
-            "configurations are within 0.02 of the best. Configurations that close rank by training noise as much "
-            "as by their settings, which caps the Kendall tau any proxy can reach (the opt-in `repeat` variant "
-            "measures that ceiling).",
-        ]
-    lines += [
-        "",
-        "## Reference scores",
-        "",
-        "| config | " + " | ".join(sorted(results["configs"][0]["params"])) + " | val Dice | ext Dice | cost s |",
-        "|---|" + "---|" * (len(results["configs"][0]["params"]) + 3),
-    ]
-    ref = a["reference"]
+    if a.get("budget_table"):
+        lines += budget_rows(a) + [""]
+    lines += ["## Reference scores", ""]
+    params = sorted({k for c in results["configs"] for k in c["params"]})
+    ref = {r["config_id"]: r for r in results["runs"] if r["variant"] == "reference" and r.get("status") == "ok"}
+    rep = {r["config_id"]: r for r in results["runs"] if r["variant"] == "repeat" and r.get("status") == "ok"}
+    lines.append("| config | " + " | ".join(params) + " | val Dice | repeat val Dice | ext Dice | cost s |")
+    lines.append("|---" * (len(params) + 5) + "|")
     for c in results["configs"]:
-        p = c["params"]
-        lines.append(
-            f"| {c['id']} | " + " | ".join(_fmt_param(p[k]) for k in sorted(p)) + f" | {_f(ref['scores']['val'].get(c['id']), 3)}"
-            f" | {_f(ref['scores']['ext'].get(c['id']), 3)} | {_f(ref['costs'].get(c['id']), 1)} |"
-        )
-    failed = results.get("failed", [])
-    if failed:
-        lines += ["", "## Failed runs (left out of every number)", ""]
-        lines += [f"- {f['variant']} / {f['config_id']}: {f['error']}" for f in failed]
-    lines += [
-        "",
-        "## Figures",
-        "",
-        f"![proxy vs reference]({FIGURES['scatter']})",
-        "",
-        f"![tau by strategy]({FIGURES['strategies']})",
-        "",
-        f"![cost vs tau]({FIGURES['pareto']})",
-        "",
-        f"![search speedup]({FIGURES['search']})",
-        "",
-    ]
-    return "\n".join(lines)
+        r = ref.get(c["id"])
+        if r is None:
+            continue
+        lines.append(f"| {c['id']} | " + " | ".join(_fmt_param(c["params"].get(k)) for k in params)
+                     + f" | {_f(r.get('val_dice'), 3)} | {_f((rep.get(c['id']) or {}).get('val_dice'), 3)} | "
+                     f"{_f(r.get('ext_dice'), 3)} | {_f(r.get('train_cost_s'), 1)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _basis(results: Mapping[str, Any]) -> str:
+    bases = {r.get("cost_basis") for r in results["runs"] if r.get("status") == "ok"}
+    return "cpu_process" if bases == {"cpu_process"} else ("device_wall" if "device_wall" in bases else "mixed")
 
 
 def headline_table(results: Mapping[str, Any]) -> list[str]:
-    """The README rows: proxy data (best strategy) vs random, proxy network, two-phase searches."""
+    """The lines the command prints: the verdict and the 1/8-1/4-1/2 table of the headline methods."""
     a = results["analysis"]
-    s = a["summary"]
-    v = a["variants"]
-    rows = ["| measure | validation fold | external set |", "|---|---|---|"]
-    best_v, best_e = s["val"]["best_data_variant"], s["ext"]["best_data_variant"]
-    rows.append(
-        f"| tau, proxy data, best strategy | {_f(s['val']['best_data_tau'])} ({best_v}) "
-        f"| {_f(s['ext']['best_data_tau'])} ({best_e}) |"
-    )
-    rows.append(
-        f"| tau, random subsets mean ± sd [min, max] (n={s['val']['n_random']}) | {_spread(s['val'])} | {_spread(s['ext'])} |"
-    )
-    for name in ("network", "both", "short", "repeat"):
-        if name in v:
-            rows.append(
-                f"| tau, {name} | {_f(v[name]['agreement']['val']['kendall'])} | {_f(v[name]['agreement']['ext']['kendall'])} |"
-            )
-    rows += ["", "| two-phase search | speedup top-k=1 | regret (val / ext Dice) "
-             f"| speedup at equal regret <= {a['tolerance']} (top-k) | speedup, exact best (top-k) | paper |",
-             "|---|---|---|---|---|---|"]
-    for name, srch in s["search"].items():
-        if v[name]["family"] not in ("network", "both", "short"):
-            continue
-        paper = f"{PAPER[name]}x" if name in PAPER else "-"
-        rows.append(
-            f"| {name} | {srch['k1_speedup']:.2f}x | {_f(srch['k1_regret'], 3)} / {_f(srch['k1_ext_regret'], 3)} "
-            f"| {srch['equal_regret_speedup']:.2f}x ({srch['equal_regret_top_k']}) "
-            f"| {srch['exact_best_speedup']:.2f}x ({srch['exact_best_top_k']}) | {paper} |"
-        )
-    n_data = sum(1 for e in v.values() if e["family"] == "data")
-    if n_data and s["val"]["n_random"]:
-        rows += ["", f"The best proxy-data strategy {_beats(s['val'])} on the validation fold and "
-                 f"{_beats(s['ext'])} on the external set. It is the best of {n_data} strategies picked after the "
-                 "fact, so compare it with the best random subset, not only with the random mean. Strategies above "
-                 f"the random mean (validation): {', '.join(s['val']['data_variants_above_random_mean']) or 'none'}."]
-    return rows
-
-
-def _beats(s: Mapping[str, Any]) -> str:
-    if s["data_beats_random_max"]:
-        return "beats every random subset"
-    if _finite(s["best_data_tau"]) and _finite(s["random_tau_mean"]) and s["best_data_tau"] > s["random_tau_mean"]:
-        return "beats the random mean but not every random subset"
-    return "does NOT beat the random subsets"
-
-
-README_HEADER = [
-    "| task | tau proxy data, best strategy | tau random subsets, mean ± sd [min, max] | tau proxy network "
-    "| tau both | two-phase speedup / regret, network (paper 3.3x) | two-phase speedup / regret, both (paper 4.4x) "
-    "| study wall-clock |",
-    "|---|---|---|---|---|---|---|---|",
-]
-
-
-def readme_row(results: Mapping[str, Any], which: str = "ext") -> str:
-    """One line of the README results table (Kendall tau on the ``which`` evaluation set; top-1 searches)."""
-    a = results["analysis"]
-    s = a["summary"][which]
-    v = a["variants"]
-    srch = a["summary"]["search"]
-
-    def tau(name: str) -> str:
-        return _f(v[name]["agreement"][which]["kendall"]) if name in v else "-"
-
-    def search(name: str) -> str:
-        x = srch.get(name)
-        return f"{x['k1_speedup']:.2f}x / {_f(x['k1_regret'], 3)}" if x else "-"
-
-    best = f"{_f(s['best_data_tau'])} ({s['best_data_variant']})" if s["best_data_variant"] else "-"
-    return (f"| {results['meta']['task']} | {best} | {_spread(s)} | {tau('network')} | {tau('both')} "
-            f"| {search('network')} | {search('both')} | {_study_wall(results['meta']) / 60:.0f} min |")
+    if not a.get("budget_table"):
+        return [verdict(a)]
+    return budget_rows(a, headline_methods(a)) + [verdict(a)]
 
 
 def _study_wall(meta: Mapping[str, Any]) -> float:
     """Seconds spent on the study over every invocation (a resumed study adds up its parts)."""
     parts = meta.get("invocations") or []
     return float(sum(p["wall_s"] for p in parts)) if parts else float(meta["wall_s"])
-
-
-def _spread(s: Mapping[str, Any]) -> str:
-    return (f"{_f(s['random_tau_mean'])} ± {_f(s['random_tau_sd'])} "
-            f"[{_f(s['random_tau_min'])}, {_f(s['random_tau_max'])}]")
 
 
 def _fmt_param(x: Any) -> str:

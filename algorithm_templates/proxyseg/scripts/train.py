@@ -303,6 +303,9 @@ def _train(config_file: str | Sequence[str], override: dict) -> None:
         "config_ready": t_config,
         "model_ready": t_model,
         "data_ready": time.time(),
+        # Process CPU seconds (all threads): a cost that does not depend on what else the machine runs.
+        "cpu_data_ready": time.process_time(),
+        "device": device.type,
         "first_step": None,
         "end": None,
         "epochs_run": 0,
@@ -366,6 +369,7 @@ def _train(config_file: str | Sequence[str], override: dict) -> None:
                 "best_avg_dice_score": round(best, 6),
                 "best_epoch": best_epoch,
                 "elapsed_s": round(elapsed, 3),
+                "cpu_s": round(time.process_time(), 3),
             }
         )
         if dist_info.main:
@@ -390,7 +394,10 @@ def _train(config_file: str | Sequence[str], override: dict) -> None:
             logger.info("epoch %d/%d loss %.4f dice %.4f best %.4f (epoch %d)", epoch + 1, num_epochs,
                         epoch_loss / max(steps, 1), dice, best, best_epoch)
 
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     timing["end"] = time.time()
+    timing["cpu_end"] = time.process_time()
     if dist_info.main:
         writer.close()
         _write_yaml(os.path.join(ckpt_path, "timing.yaml"), timing)
