@@ -53,6 +53,7 @@ def study(
     bootstrap: int = 200,
     eta: int = 2,
     include_startup: bool = False,
+    train: bool = True,
     templates: str | None = None,
     val_every: int = 1,
     workers: int = 2,
@@ -109,6 +110,7 @@ def study(
         eta: reduction factor of ASHA and Hyperband.
         include_startup: count every trial's process start-up in the replayed costs (default: training and
             validation only, as with the search engine's long-lived workers).
+        train: train the runs the table lacks (False: only replay and report what the table holds).
         templates: Auto3DSeg templates folder (default: WORK_DIR/algorithm_templates if present, else the
             bundled algorithm_templates).
         val_every: validate every this many epochs (1 stores the full per-epoch curve that ASHA needs).
@@ -203,6 +205,10 @@ def study(
     print(f"study: {len(configs)} configurations x {len(plan)} variants = {len(jobs)} runs "
           f"({len(jobs) - len(todo)} stored, {len(todo)} to train) in {w}"
           + (f"; {imported} imported from {table_file}" if imported else ""), flush=True)
+    n_stored = len(jobs) - len(todo)
+    if not train and todo:
+        print(f"study: --train False: {len(todo)} runs left untrained, replaying the stored ones", flush=True)
+        todo = []
 
     from tqdm.auto import tqdm
 
@@ -276,7 +282,7 @@ def study(
         "hardware": hardware(),
         "wall_s": time.time() - t_start,
         "runs_trained": trained,
-        "runs_reused": len(jobs) - len(todo),
+        "runs_reused": n_stored,
         "runs_missing": len(jobs) - len(records),
         "table": str(table_file),
         "max_minutes": max_minutes,
