@@ -989,7 +989,7 @@ def validate(
             Default: the ``labels`` of a dataset.json, or of a ``dataset.json`` next to the datalist
             in DATAROOT; without either, the label values found must be ``0..K-1``.
         require_foreground: every label file must contain at least one non-zero voxel
-            (``--norequire_foreground`` to allow empty labels).
+            (``--require_foreground=false`` to allow empty labels).
         max_problems: stop after this many problems.
     """
     import sys

@@ -91,7 +91,7 @@ def test_hpo_rerun_is_a_noop_and_cli_errors_are_one_line(searched: Path, capsys,
     cases = [
         (["--input", str(tmp_path / "nope.yaml")], "input file or dataset folder not found"),
         (["--search_space", str(bad)], f"{bad}: learning_rate: log scale needs low > 0"),
-        (["--proxy", "half"], "--proxy: unknown proxy mode 'half'"),
+        (["--proxy", "half"], "--proxy: invalid value 'half' (expected one of none, data, network, both)"),
         (["--top_k", "3", "--n_trials", "2"], "--top_k: top_k (3) cannot exceed n_trials (2)"),
         (["--storage", "postgresql://u:s3cret@127.0.0.1:9/db"], "cannot open storage"),
     ]

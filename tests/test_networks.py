@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from proxy_bundle.errors import InputError
 from proxy_bundle.networks.cost import evaluate_candidates, measure_cost, measure_module, parse_roi, pick_proxy
 from proxy_bundle.networks.command import NETWORK_NAMES
 from proxy_bundle.networks.scaling import NETWORKS, ProxySpec, full_kwargs, num_levels, scaled_kwargs, scaled_network
+from proxy_bundle.options import Network
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2}
@@ -183,5 +185,6 @@ def test_scale_command_rejects_unknown_network():
     done = _cli("--network", "resnet50")
     assert done.returncode == 2
     assert NETWORK_NAMES == tuple(NETWORKS)
+    assert set(get_args(Network)) == set(NETWORK_NAMES)  # the CLI's choices are the networks there are
     assert done.stderr.strip().splitlines() == [
-        "error: network: unknown network 'resnet50'; choose from segresnet, segresnetds, unet, dynunet"]
+        "error: --network: invalid value 'resnet50' (expected one of segresnetds, segresnet, unet, dynunet)"]

@@ -196,7 +196,7 @@ def test_deterministic_byte_identical(spleen_phantom: Path, tmp_path: Path) -> N
     b = generate_dataset("prostate_mr", tmp_path / "b", num_cases=2, num_external=1, size=16, seed=3)
     c = generate_dataset("prostate_mr", tmp_path / "c", num_cases=2, num_external=1, size=16, seed=4)
     assert _digest(a) == _digest(b)
-    parallel = generate_dataset("prostate_mr", tmp_path / "p", num_cases=2, num_external=1, size=16, seed=3, workers=2)
+    parallel = generate_dataset("prostate_mr", tmp_path / "p", num_cases=2, num_external=1, size=16, seed=3, n_jobs=2)
     assert _digest(parallel) == _digest(a)
     assert _digest(a)["imagesTr/prostate_000.nii.gz"] != _digest(c)["imagesTr/prostate_000.nii.gz"]
 
@@ -224,7 +224,7 @@ def test_monai_data_analyzer_runs(spleen_phantom: Path, prostate_phantom: Path, 
         ({"size": 8}, "--size"),
         ({"size": "big"}, "--size"),
         ({"seed": True}, "--seed"),
-        ({"workers": 0}, "--workers"),
+        ({"n_jobs": 0}, "--n_jobs"),
     ],
 )
 def test_bad_arguments(kwargs: dict, where: str, tmp_path: Path) -> None:
@@ -261,4 +261,4 @@ def test_cli(tmp_path: Path) -> None:
     bad = _cli("--task", "liver_ct", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2
     lines = bad.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: --task: unknown task") and "Traceback" not in bad.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: --task: invalid value 'liver_ct'") and "Traceback" not in bad.stderr

@@ -28,7 +28,7 @@ def test_select_end_to_end_keeps_validation_fold(spleen_phantom: Path, tmp_path:
     datalist = spleen_phantom / "datalist.json"
     source = _read(datalist)
     out = tmp_path / "proxy.json"
-    select(str(datalist), fraction=0.5, out=str(out), **FAST)
+    select(str(datalist), data_fraction=0.5, out=str(out), **FAST)
 
     proxy = _read(out)
     scores = _read(tmp_path / "proxy_scores.json")
@@ -140,7 +140,7 @@ def test_select_refuses_to_overwrite_its_input(spleen_phantom: Path):
     datalist = spleen_phantom / "datalist.json"
     before = datalist.read_bytes()
     with pytest.raises(InputError, match="overwrite the input datalist"):
-        select(str(datalist), count=2, metric="ncc", mode="image", out=str(datalist), **FAST)
+        select(str(datalist), count=2, similarity="ncc", mode="image", out=str(datalist), **FAST)
     assert datalist.read_bytes() == before
 
 
@@ -152,7 +152,7 @@ def test_analyze_merges_proxy_data(spleen_phantom: Path, tmp_path: Path):
     cfg = tmp_path / "input.yaml"
     cfg.write_text(f"modality: CT\ndataroot: {spleen_phantom}\ndatalist: {spleen_phantom / 'datalist.json'}\n")
     work = tmp_path / "work"
-    analyze(str(cfg), str(work), fraction=0.5, metric="ncc", mode="roi", strategy="representative", **FAST)
+    analyze(str(cfg), str(work), data_fraction=0.5, similarity="ncc", mode="roi", strategy="representative", **FAST)
 
     stats = ConfigParser.load_config_file(str(work / "datastats.yaml"))
     assert stats["stats_summary"]["n_cases"] == 8  # MONAI's own analysis is intact
@@ -170,7 +170,7 @@ def test_analyze_merges_proxy_data(spleen_phantom: Path, tmp_path: Path):
     assert cache["analyze"] is True and Path(cache["datastats"]) == (work / "datastats.yaml").resolve()
 
     # resume: the DataAnalyzer output is reused and the section replaced
-    analyze(str(cfg), str(work), count=2, metric="mi", **FAST)
+    analyze(str(cfg), str(work), count=2, similarity="mi", **FAST)
     again = ConfigParser.load_config_file(str(work / "datastats.yaml"))
     assert again["proxy_data"]["n_selected"] == 2 and again["stats_summary"] == stats["stats_summary"]
 
@@ -218,17 +218,17 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_bad_input_exits_2(spleen_phantom: Path, tmp_path: Path):
-    res = _cli("select", "--datalist", str(spleen_phantom / "datalist.json"), "--fraction", "2",
+    res = _cli("select", "--datalist", str(spleen_phantom / "datalist.json"), "--data_fraction", "2",
                "--out", str(tmp_path / "p.json"))
     assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == ["error: fraction: fraction must be in (0, 1], got 2"]
+    assert res.stderr.strip().splitlines() == ["error: --data_fraction: data fraction must be in (0, 1], got 2"]
     assert not (tmp_path / "p.json").exists()
 
 
 def test_cli_select_runs(spleen_phantom: Path, tmp_path: Path, capsys):
     from proxy_bundle.cli import main
 
-    main(["select", "--datalist", str(spleen_phantom / "datalist.json"), "--count", "2", "--metric", "ncc",
+    main(["select", "--datalist", str(spleen_phantom / "datalist.json"), "--count", "2", "--similarity", "ncc",
           "--mode", "image", "--strategy", "coverage", "--grid", "16", "--out", str(tmp_path / "p.json"),
           "--progress", "False"])
     assert "selected 2 of 6" in capsys.readouterr().out

@@ -105,7 +105,7 @@ def test_tiny_study_end_to_end_and_resume(spleen_phantom, tmp_path, monkeypatch,
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     w = tmp_path / "study"
     kwargs = dict(task="spleen_ct", work_dir=str(w), dataset=str(spleen_phantom), n_configs=3, epochs=2,
-                  init_filters=8, widths="0.5", fraction=0.5, variants="network", rescore_val=True, progress=False,
+                  init_filters=8, widths="0.5", data_fraction=0.5, variants="network", rescore_val=True, progress=False,
                   replay_seeds=20, bootstrap=10)
     study(**kwargs)
     out = capsys.readouterr().out

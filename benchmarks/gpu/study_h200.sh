@@ -27,7 +27,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > 
 # One trial per device keeps device-time costs load-independent; 4 CPU threads for its data pipeline.
 timeout $((MINUTES * 60 + 150)) python3 -m proxy_bundle study --task "$TASK" --work_dir "$WORK" --table "$WORK/table.jsonl" \
     --size 96 --roi 64 --init_filters 32 --num_cases 32 --num_external 8 --epochs 12 --n_configs 24 \
-    --workers 1 --threads 4 --max_minutes "$MINUTES" --replay_seeds 20 --bootstrap 0 --progress False \
+    --n_jobs 1 --threads 4 --max_minutes "$MINUTES" --replay_seeds 20 --bootstrap 0 --progress False \
     2>&1 | grep -v -e "Warning" -e "warn(" | tail -n 40 || true
 for f in table.jsonl results.json report.md fig_regret_vs_cost.png fig_agreement.png invocations.json; do
     if [ -f "$WORK/$f" ]; then cp "$WORK/$f" "$OUT_DIR/"; fi

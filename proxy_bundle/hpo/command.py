@@ -21,10 +21,10 @@ import yaml
 
 from proxy_bundle.atomic import ensure_dir, write_yaml
 from proxy_bundle.errors import InputError
+from proxy_bundle.options import PROXY_MODES, ProxyMode, SelectionMode, Similarity, Strategy
 
 __all__ = ["build_fidelities", "ensure_analysis", "hpo", "load_input", "proxy_datalist", "templates_dir"]
 
-PROXY_MODES = ("none", "data", "network", "both")
 log = logging.getLogger("proxy_bundle.hpo")
 
 
@@ -106,18 +106,19 @@ def ensure_analysis(input_file: Path, cfg: Mapping, work_dir: Path, *, fraction:
     stats = work_dir / "datastats.yaml"
     if stats.is_file():
         return stats
-    from proxy_bundle.cli import COMMANDS, _load
+    from proxy_bundle.cli import COMMANDS, load_command
 
     analyze = None
     if "analyze" in COMMANDS:
         try:
-            analyze = _load("analyze")
+            analyze = load_command("analyze")
         except ImportError:
             analyze = None
     if analyze is not None:
         print(f"hpo: {stats} missing: running the data analysis (analyze)")
-        _call_with_accepted(analyze, input=str(input_file), work_dir=str(work_dir), fraction=fraction,
-                            fold=fold, seed=seed, metric=metric, mode=mode, strategy=strategy, progress=progress)
+        _call_with_accepted(analyze, input=str(input_file), work_dir=str(work_dir), data_fraction=fraction,
+                            fold=fold, seed=seed, similarity=metric, mode=mode, strategy=strategy,
+                            progress=progress)
     else:
         from monai.apps.auto3dseg import DataAnalyzer
 
@@ -222,13 +223,14 @@ def _positive(value: Any, name: str, *, integer: bool = False, upper: float | No
 
 
 # ---------------------------------------------------------------------------------------------- command
-def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, proxy: str = "both",
+def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, proxy: ProxyMode = "both",
         data_fraction: float = 0.25, width: float = 0.25, blocks: float = 1.0, levels: int | None = None,
         top_k: int = 2, storage: str | None = None, pruner: str = "none", search_space: str | None = None,
         seed: int = 0, epochs: int | None = None, proxy_epochs: int | None = None, study_name: str | None = None,
         sampler: str = "tpe", n_startup_trials: int | None = None, algo: str = "proxyseg",
         templates: str | None = None, fold: int = 0, overrides: Any = None, num_workers: int = 0,
-        metric: str = "mi", mode: str = "roi", strategy: str = "representative", baseline: str | None = None,
+        similarity: Similarity = "mi", mode: SelectionMode = "roi", strategy: Strategy = "representative",
+        baseline: str | None = None,
         grace_s: float = 60.0, trial_timeout: float | None = None, progress: bool = True) -> None:
     """Two-phase proxy hyper-parameter search: trials at proxy fidelity, then the top-k retrained at full fidelity.
 
@@ -260,7 +262,7 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         fold: validation fold of every trial.
         overrides: fixed template settings for every trial, e.g. '{"roi_size": [64,64,64], "batch_size": 1}'.
         num_workers: DataLoader workers per trial.
-        metric: proxy data similarity metric (mi | nmi | ncc) when a selection is made here.
+        similarity: proxy data image similarity metric (mi | nmi | ncc) when a selection is made here.
         mode: proxy data comparison mode (roi | image).
         strategy: proxy data strategy (representative | diverse | coverage | random).
         baseline: results.json of a proxy=none search to measure the speedup against (default: found in W/hpo).
@@ -312,11 +314,11 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
     from proxy_bundle.hpo.runners import AlgoRunner
     from proxy_bundle.hpo.storage import mask_url, resolve_url
 
-    stats = ensure_analysis(input_file, cfg, work, fraction=data_fraction, fold=fold, seed=seed, metric=metric,
+    stats = ensure_analysis(input_file, cfg, work, fraction=data_fraction, fold=fold, seed=seed, metric=similarity,
                             mode=mode, strategy=strategy, progress=bool(progress))
     datalist = None
     if proxy in ("data", "both"):
-        datalist = proxy_datalist(cfg, work, stats, fraction=data_fraction, fold=fold, seed=seed, metric=metric,
+        datalist = proxy_datalist(cfg, work, stats, fraction=data_fraction, fold=fold, seed=seed, metric=similarity,
                                   mode=mode, strategy=strategy)
     phase1_fid, full_fid = build_fidelities(proxy, datalist, width, blocks, levels, epochs, proxy_epochs)
 

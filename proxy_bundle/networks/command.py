@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from proxy_bundle.errors import InputError
+from proxy_bundle.options import CostMetric, Network
 
 if TYPE_CHECKING:
     from proxy_bundle.networks.cost import CostReport
@@ -13,6 +14,9 @@ __all__ = ["NETWORK_NAMES", "scale", "format_table"]
 
 # Kept here, not imported from scaling, so that a mistyped name is reported before torch and MONAI load.
 NETWORK_NAMES = ("segresnet", "segresnetds", "unet", "dynunet")
+# The proxyseg template's full network (configs/hyper_parameters.yaml: network.init_filters), so that a bare
+# `scale` tabulates the network a search trains.
+TEMPLATE_INIT_FILTERS = 32
 
 
 def _numbers(value: Any, where: str) -> list[float]:
@@ -37,7 +41,7 @@ def _levels(value: Any, full: int) -> list[int | None] | None:
         try:
             level = int(text)
         except ValueError:
-            raise InputError(f"expected integers or 'full', got {value!r}", where="levels") from None
+            raise InputError(f"expected integers or 'full', got {value!r}", where="--levels") from None
         out.append(None if level == full else level)
     return out
 
@@ -96,7 +100,7 @@ def format_table(reports: Sequence[CostReport], full: CostReport, pick: CostRepo
 
 
 def scale(
-    network: str = "segresnet",
+    network: Network = "segresnetds",
     roi: Any = "96,96,96",
     in_channels: int = 1,
     out_channels: int = 2,
@@ -105,7 +109,7 @@ def scale(
     levels: Any = None,
     budget: float = 0.125,
     init_filters: int | None = None,
-    metric: str = "flops",
+    cost: CostMetric = "flops",
 ) -> None:
     """Print the measured cost of candidate proxy networks at an ROI and mark the largest within a budget.
 
@@ -113,7 +117,8 @@ def scale(
     device: parameters, FLOPs counted by torch.utils.flop_counter, and bytes saved for backward.
 
     Args:
-        network: segresnet, segresnetds, unet or dynunet (MONAI's constructor defaults otherwise).
+        network: segresnetds (the proxyseg template's network), segresnet, unet or dynunet (MONAI's constructor
+            defaults otherwise).
         roi: patch size, e.g. 96,96,96 (two numbers for a 2D network).
         in_channels: input channels of the network.
         out_channels: output channels (classes incl. background).
@@ -121,14 +126,15 @@ def scale(
         blocks: multipliers on residual blocks per level to try (ignored by dynunet, which has none).
         levels: resolution levels to try, comma-separated ("full" = all); default: full and one fewer.
         budget: fraction of the full network's cost a proxy may use (default 1/8).
-        init_filters: init_filters of the full segresnet/segresnetds (default: MONAI's).
-        metric: cost the budget applies to: flops or params.
+        init_filters: init_filters of the full segresnet/segresnetds (default: 32, the proxyseg template's).
+        cost: the cost the budget applies to: flops or params.
     """
     name = str(network).lower()
     if name not in NETWORK_NAMES:
-        raise InputError(f"unknown network {network!r}; choose from {', '.join(NETWORK_NAMES)}", where="network")
-    if metric not in ("flops", "params"):
-        raise InputError(f"must be 'flops' or 'params', got {metric!r}", where="metric")
+        raise InputError(f"unknown network {network!r}; choose from {', '.join(NETWORK_NAMES)}", where="--network")
+    if cost not in ("flops", "params"):
+        raise InputError(f"must be 'flops' or 'params', got {cost!r}", where="--cost")
+    metric = cost
     from proxy_bundle.networks.cost import default_candidates, evaluate_candidates, measure_cost, parse_roi
     from proxy_bundle.networks.scaling import MIN_CHANNELS, NETWORKS, full_kwargs, num_levels, supports_blocks
 
@@ -136,15 +142,17 @@ def scale(
     roi_t = parse_roi(roi, spatial_dims)
     base: dict[str, Any] = {"spatial_dims": spatial_dims, "in_channels": int(in_channels),
                             "out_channels": int(out_channels)}
+    if init_filters is None and name in ("segresnet", "segresnetds"):
+        init_filters = TEMPLATE_INIT_FILTERS
     if init_filters is not None:
         if name not in ("segresnet", "segresnetds"):
-            raise InputError(f"applies to segresnet/segresnetds only, not {name}", where="init_filters")
+            raise InputError(f"applies to segresnet/segresnetds only, not {name}", where="--init_filters")
         base["init_filters"] = int(init_filters)
     if not isinstance(budget, (int, float)) or budget <= 0:
-        raise InputError(f"must be a positive fraction, got {budget!r}", where="budget")
+        raise InputError(f"must be a positive fraction, got {budget!r}", where="--budget")
 
     level_list = _levels(levels, num_levels(name, base))
-    specs = default_candidates(name, base, widths=_numbers(widths, "widths"), blocks=_numbers(blocks, "blocks"),
+    specs = default_candidates(name, base, widths=_numbers(widths, "--widths"), blocks=_numbers(blocks, "--blocks"),
                                levels=level_list)
 
     full = measure_cost(name, base, roi_t)

@@ -28,6 +28,7 @@ import numpy as np
 
 from proxy_bundle.atomic import ensure_dir, write_bytes, write_json
 from proxy_bundle.errors import InputError
+from proxy_bundle.options import PhantomTask
 from proxy_bundle.phantoms import prostate_mr, spleen_ct
 from proxy_bundle.phantoms.case import PhantomCase
 from proxy_bundle.phantoms.grid import Grid
@@ -94,7 +95,7 @@ def nifti_gz_bytes(array: np.ndarray, grid: Grid, description: str = "") -> byte
     return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
 
 
-def _check_args(task: Any, num_cases: Any, num_external: Any, size: Any, seed: Any, workers: Any = 1) -> TaskSpec:
+def _check_args(task: Any, num_cases: Any, num_external: Any, size: Any, seed: Any, n_jobs: Any = 1) -> TaskSpec:
     if not isinstance(task, str) or task not in TASKS:
         raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}", where="--task")
     for name, value, lo, hi in (
@@ -102,7 +103,7 @@ def _check_args(task: Any, num_cases: Any, num_external: Any, size: Any, seed: A
         ("num_external", num_external, 0, 100_000),
         ("size", size, 16, MAX_SIZE),
         ("seed", seed, 0, 2**63 - 1),
-        ("workers", workers, 1, 256),
+        ("n_jobs", n_jobs, 1, 256),
     ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise InputError(f"must be an integer, got {value!r}", where=f"--{name}")
@@ -161,7 +162,7 @@ class _Job:
 
 
 def _make_case(job: _Job) -> dict[str, Any]:
-    """Render and write one case (runs in a worker process when ``workers > 1``); returns its metadata."""
+    """Render and write one case (runs in a worker process when ``n_jobs > 1``); returns its metadata."""
     spec = TASKS[job.task]
     rng = _case_rng(job.seed, spec, 1 if job.split == "training" else 2, job.index)
     case = spec.render(rng, job.site, job.size, job.kind)
@@ -178,16 +179,16 @@ def generate_dataset(
     size: int = 96,
     seed: int = 0,
     *,
-    workers: int = 1,
+    n_jobs: int = 1,
 ) -> Path:
     """Generate a phantom dataset for ``task`` ("spleen_ct" or "prostate_mr") under ``out``; returns ``out``.
 
     ``num_cases`` training cases spread over three acquisition sites (about one in six atypical),
     ``num_external`` cases from a fourth, unseen site, on grids of about ``size`` voxels per axis.
-    The same arguments give byte-identical files, whatever ``workers`` (processes rendering cases in
+    The same arguments give byte-identical files, whatever ``n_jobs`` (processes rendering cases in
     parallel). Raises :class:`InputError` for bad arguments or when ``out`` is an existing file.
     """
-    spec = _check_args(task, num_cases, num_external, size, seed, workers)
+    spec = _check_args(task, num_cases, num_external, size, seed, n_jobs)
     root = ensure_dir(out)
     assign_rng = np.random.default_rng([seed, spec.key, 0, num_cases])
     sites = assign_sites(spec.sites, num_cases, assign_rng)
@@ -199,11 +200,11 @@ def generate_dataset(
             for i, (site, kind) in enumerate(zip(sites, kinds))]
     jobs += [_Job(task, seed, str(root), "external", i, f"{spec.prefix}_ext_{i:03d}", spec.external, None, size)
              for i in range(num_external)]
-    if workers > 1 and len(jobs) > 1:
+    if n_jobs > 1 and len(jobs) > 1:
         # Fresh worker processes: forking a parent that runs BLAS/OpenMP threads (torch) can deadlock.
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=ctx) as pool:
             results = list(pool.map(_make_case, jobs))
     else:
         results = [_make_case(job) for job in jobs]
@@ -257,7 +258,7 @@ def generate_dataset(
 
 
 def phantoms(
-    task: str, out: str, num_cases: int = 32, num_external: int = 8, size: int = 96, seed: int = 0, workers: int = 1
+    task: PhantomTask, out: str, num_cases: int = 32, num_external: int = 8, size: int = 96, seed: int = 0, n_jobs: int = 1
 ) -> None:
     """Generate a multi-site phantom dataset in Medical Segmentation Decathlon layout.
 
@@ -271,11 +272,11 @@ def phantoms(
         num_external: number of cases from the unseen external site (>= 0).
         size: approximate voxels per axis (16-512; thick-slice cases have fewer slices).
         seed: random seed; the same arguments give byte-identical files.
-        workers: processes rendering cases in parallel (the files do not depend on it).
+        n_jobs: processes rendering cases in parallel (the files do not depend on it).
     """
     start = time.perf_counter()
     root = generate_dataset(task, out, num_cases=num_cases, num_external=num_external, size=size, seed=seed,
-                            workers=workers)
+                            n_jobs=n_jobs)
     meta = json.loads((root / "phantom_meta.json").read_text())
     cases = [c for c in meta["cases"].values() if c["split"] == "training"]
     n_sites = len({c["site"] for c in cases})

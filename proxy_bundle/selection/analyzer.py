@@ -27,6 +27,7 @@ import torch
 from monai.auto3dseg.analyzer import Analyzer
 
 from proxy_bundle.errors import InputError
+from proxy_bundle.options import SelectionMode, Similarity, Strategy
 from proxy_bundle.selection.preprocess import PreprocessConfig, proxy_features
 from proxy_bundle.selection.similarity import METRICS, mean_similarity, pairwise_similarity, quantize
 from proxy_bundle.selection.strategies import STRATEGIES, choose, subset_size
@@ -248,11 +249,11 @@ def _mark_cache(work_dir: Path, datastats: Path) -> None:
 def analyze(
     input: str,
     work_dir: str,
-    fraction: float | None = None,
+    data_fraction: float | None = None,
     count: int | None = None,
-    metric: str = "mi",
-    mode: str = "roi",
-    strategy: str = "representative",
+    similarity: Similarity = "mi",
+    mode: SelectionMode = "roi",
+    strategy: Strategy = "representative",
     grid: int = 48,
     bins: int = 32,
     seed: int = 0,
@@ -263,7 +264,7 @@ def analyze(
     margin: float = 10.0,
     out: str | None = None,
     device: str | None = None,
-    workers: int = 0,
+    num_workers: int = 0,
     reanalyze: bool = False,
     progress: bool = True,
 ) -> None:
@@ -278,10 +279,10 @@ def analyze(
     Args:
         input: AutoRunner data source config (YAML/JSON with ``dataroot``, ``datalist``, ``modality``).
         work_dir: Auto3DSeg work directory (created if missing).
-        fraction: subset size as a fraction of the candidate cases, in (0, 1]; default 0.25 when ``count`` is not
-            given either.
+        data_fraction: subset size as a fraction of the candidate cases, in (0, 1]; default 0.25 when ``count`` is
+            not given either.
         count: subset size as a number of cases.
-        metric: ``mi``, ``nmi`` or ``ncc``.
+        similarity: image similarity metric: ``mi``, ``nmi`` or ``ncc``.
         mode: ``roi`` or ``image``.
         strategy: ``representative``, ``diverse``, ``coverage`` or ``random``.
         grid: proxy grid edge (voxels).
@@ -294,7 +295,7 @@ def analyze(
         margin: context around the label's bounding box in ``roi`` mode (mm).
         out: proxy datalist path (default ``WORK_DIR/proxy_datalist.json``; scores next to it).
         device: ``cpu`` or ``cuda`` (default: CUDA when available) for DataAnalyzer and the similarity.
-        workers: DataLoader worker processes for reading cases.
+        num_workers: DataLoader worker processes for reading cases (DataAnalyzer and the selection).
         reanalyze: run DataAnalyzer even when its output is already there.
         progress: show progress bars.
     """
@@ -302,8 +303,8 @@ def analyze(
     from proxy_bundle.selection.subset import brief_list, run_selection, write_selection
     from proxy_bundle.validation import load_datalist, resolve
 
-    if fraction is None and count is None:
-        fraction = 0.25
+    if data_fraction is None and count is None:
+        data_fraction = 0.25
     cfg_path = Path(input)
     if not cfg_path.is_file():
         raise InputError("input config not found", where=str(cfg_path))
@@ -328,14 +329,14 @@ def analyze(
     datastats, by_case = work / "datastats.yaml", work / "datastats_by_case.yaml"
     if reanalyze or not _analysis_matches(datastats, by_case, images):
         print(f"running MONAI DataAnalyzer on {len(images)} training cases")
-        _run_data_analyzer(datalist, dataroot, work, dev, int(workers))
+        _run_data_analyzer(datalist, dataroot, work, dev, int(num_workers))
     else:
         print(f"reusing {datastats} (DataAnalyzer output for the same training cases)")
 
     selection = run_selection(
-        datalist, dataroot, fraction=fraction, count=count, metric=metric, mode=mode, strategy=strategy, grid=grid,
-        bins=bins, seed=seed, fold=fold, modality=src["modality"], spacing=spacing, window=window,
-        percentiles=percentiles, margin=margin, device=device, workers=workers, progress=progress,
+        datalist, dataroot, fraction=data_fraction, count=count, metric=similarity, mode=mode, strategy=strategy,
+        grid=grid, bins=bins, seed=seed, fold=fold, modality=src["modality"], spacing=spacing, window=window,
+        percentiles=percentiles, margin=margin, device=device, workers=num_workers, progress=progress,
     )
     out_path, scores_path = write_selection(selection, out if out is not None else work / "proxy_datalist.json")
     doc = selection.scores
@@ -376,6 +377,6 @@ def analyze(
         }
     merge_proxy_data(datastats, by_case, section, per_case)
     _mark_cache(work, datastats)
-    print(f"selected {summ['n_selected']} of {summ['n_candidates']} candidates ({metric}, {mode}, {strategy}): "
+    print(f"selected {summ['n_selected']} of {summ['n_candidates']} candidates ({similarity}, {mode}, {strategy}): "
           f"{brief_list(summ['selected'])}")
     print(f"wrote {datastats} (proxy_data), {by_case}, {out_path} and {scores_path}")

@@ -29,12 +29,12 @@ def subset_size(n_candidates: int, fraction: float | None = None, count: int | N
     if n_candidates < 1:
         raise InputError("there are no candidate cases to select from", where="datalist")
     if (fraction is None) == (count is None):
-        raise InputError("give exactly one of --fraction or --count", where="size")
+        raise InputError("give exactly one of --data_fraction or --count", where="size")
     if fraction is not None:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not math.isfinite(fraction):
-            raise InputError(f"fraction must be a number in (0, 1], got {fraction!r}", where="fraction")
+            raise InputError(f"data fraction must be a number in (0, 1], got {fraction!r}", where="--data_fraction")
         if not 0 < fraction <= 1:
-            raise InputError(f"fraction must be in (0, 1], got {fraction}", where="fraction")
+            raise InputError(f"data fraction must be in (0, 1], got {fraction:g}", where="--data_fraction")
         return max(1, min(n_candidates, int(math.floor(fraction * n_candidates + 0.5))))
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) and not (
         isinstance(count, float) and count.is_integer()

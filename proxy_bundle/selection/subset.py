@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from proxy_bundle.errors import InputError
+from proxy_bundle.options import SelectionMode, Similarity, Strategy
 
 __all__ = ["Selection", "run_selection", "write_selection", "select", "default_scores_path", "case_id"]
 
@@ -239,13 +240,13 @@ def run_selection(
 
     # option errors first: they are cheap, need no file and no torch import
     if metric not in METRICS:
-        raise InputError(f"unknown metric {metric!r} (use one of {', '.join(METRICS)})", where="metric")
+        raise InputError(f"unknown metric {metric!r} (use one of {', '.join(METRICS)})", where="--similarity")
     if strategy not in st.STRATEGIES:
         raise InputError(f"unknown strategy {strategy!r} (use one of {', '.join(st.STRATEGIES)})", where="strategy")
     if mode not in ("roi", "image"):
         raise InputError(f"unknown mode {mode!r} (use roi or image)", where="mode")
     if (fraction is None) == (count is None):
-        raise InputError("give exactly one of --fraction or --count", where="size")
+        raise InputError("give exactly one of --data_fraction or --count", where="size")
     if fraction is not None:
         st.subset_size(1, fraction=fraction)  # range check before any file is read
     grid = _int_option(grid, "grid", 4, 512)
@@ -408,11 +409,11 @@ def write_selection(selection: Selection, out: str | os.PathLike, scores: str | 
 def select(
     datalist: str,
     dataroot: str | None = None,
-    fraction: float | None = None,
+    data_fraction: float | None = None,
     count: int | None = None,
-    metric: str = "mi",
-    mode: str = "roi",
-    strategy: str = "representative",
+    similarity: Similarity = "mi",
+    mode: SelectionMode = "roi",
+    strategy: Strategy = "representative",
     grid: int = 48,
     bins: int = 32,
     seed: int = 0,
@@ -425,7 +426,7 @@ def select(
     window: Any = None,
     percentiles: Any = None,
     margin: float = 10.0,
-    workers: int = 0,
+    num_workers: int = 0,
     progress: bool = True,
 ) -> None:
     """Select a proxy subset of the training cases of an Auto3DSeg datalist by image similarity.
@@ -437,9 +438,9 @@ def select(
     Args:
         datalist: Auto3DSeg datalist JSON (``training`` entries with ``image``, ``label``, ``fold``).
         dataroot: folder the datalist's paths are relative to (default: the datalist's folder).
-        fraction: size of the subset as a fraction of the candidates, in (0, 1] (rounded, at least 1).
-        count: size of the subset as a number of cases (instead of ``fraction``).
-        metric: ``mi`` (histogram mutual information), ``nmi`` (MI normalised to [0, 1]) or ``ncc``.
+        data_fraction: size of the subset as a fraction of the candidates, in (0, 1] (rounded, at least 1).
+        count: size of the subset as a number of cases (instead of ``data_fraction``).
+        similarity: image similarity metric: ``mi`` (histogram mutual information), ``nmi`` (MI normalised to [0, 1]) or ``ncc``.
         mode: ``roi`` (label bounding box + ``margin`` mm; cases without foreground fall back to ``image``) or
             ``image`` (foreground-cropped whole image).
         strategy: ``representative`` (highest mean similarity), ``diverse`` (lowest), ``coverage`` (k-medoids over
@@ -457,21 +458,21 @@ def select(
         window: CT intensity window ``low,high`` in HU (default -175,250).
         percentiles: percentile range ``low,high`` for non-CT images (default 0.5,99.5).
         margin: context around the label's bounding box in ``roi`` mode (mm).
-        workers: DataLoader worker processes for reading cases (0: in this process).
+        num_workers: DataLoader worker processes for reading cases (0: in this process).
         progress: show progress bars.
     """
     if fold is not None and (isinstance(fold, bool) or not isinstance(fold, int)):
         raise InputError(f"fold must be an integer, got {fold!r}", where="fold")
     selection = run_selection(
-        datalist, dataroot, fraction=fraction, count=count, metric=metric, mode=mode, strategy=strategy, grid=grid,
-        bins=bins, seed=seed, fold=fold, modality=modality, spacing=spacing, window=window, percentiles=percentiles,
-        margin=margin, device=device, workers=workers, progress=progress,
+        datalist, dataroot, fraction=data_fraction, count=count, metric=similarity, mode=mode, strategy=strategy,
+        grid=grid, bins=bins, seed=seed, fold=fold, modality=modality, spacing=spacing, window=window,
+        percentiles=percentiles, margin=margin, device=device, workers=num_workers, progress=progress,
     )
     out_path, scores_path = write_selection(selection, out, scores)
     s = selection.scores["summary"]
     v = selection.scores["provenance"]["validation"]
     kept = {"fold": f"validation fold {v.get('fold')} kept ({v['n_cases']} cases)",
             "list": f"validation list kept ({v['n_cases']} cases)", "none": "no validation cases"}[v["kind"]]
-    print(f"selected {s['n_selected']} of {s['n_candidates']} candidates ({metric}, {mode}, {strategy}); {kept}")
+    print(f"selected {s['n_selected']} of {s['n_candidates']} candidates ({similarity}, {mode}, {strategy}); {kept}")
     print(f"selected: {brief_list(s['selected'])}")
     print(f"wrote {out_path} and {scores_path}")

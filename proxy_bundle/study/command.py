@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from proxy_bundle.atomic import ensure_dir, write_json
 from proxy_bundle.errors import InputError
+from proxy_bundle.options import PhantomTask, SelectionMode
 from proxy_bundle.study.plan import PROXY_DATA, SHORT_BUDGETS, WIDTHS, Config, Variant, build_variants, sample_configs
 
 ALGO = "proxyseg"
@@ -22,7 +23,7 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def study(
-    task: str = "spleen_ct",
+    task: PhantomTask = "spleen_ct",
     work_dir: str = "study_work",
     dataset: str | None = None,
     n_configs: int = 24,
@@ -30,7 +31,7 @@ def study(
     size: int = 32,
     num_cases: int = 16,
     num_external: int = 6,
-    fraction: float = 0.25,
+    data_fraction: float = 0.25,
     widths: str | Sequence[float] = WIDTHS,
     proxy_data: str | Sequence[str] = PROXY_DATA,
     random_seeds: int = 3,
@@ -43,7 +44,7 @@ def study(
     roi: int | None = None,
     seed: int = 0,
     variants: str | Sequence[str] | None = None,
-    selection_mode: str = "roi",
+    mode: SelectionMode = "roi",
     search_space: str | None = None,
     fold: int = 0,
     top_k: int = 3,
@@ -56,7 +57,7 @@ def study(
     train: bool = True,
     templates: str | None = None,
     val_every: int = 1,
-    workers: int = 2,
+    n_jobs: int = 2,
     threads: int | None = 1,
     keep_checkpoints: bool = False,
     rescore_val: bool = False,
@@ -83,7 +84,7 @@ def study(
         size: phantom grid size (voxels per axis) when generating.
         num_cases: phantom training cases when generating.
         num_external: phantom external-site cases when generating.
-        fraction: proxy-data fraction of the training cases.
+        data_fraction: proxy-data fraction of the training cases.
         widths: proxy-network channel multipliers (comma-separated), one network variant each.
         proxy_data: proxy-data selections as METRIC-STRATEGY pairs (comma-separated; metric mi, nmi or ncc,
             strategy representative, diverse or coverage).
@@ -98,7 +99,7 @@ def study(
         seed: configuration sampling seed.
         variants: comma-separated variant or family names to run (reference always runs); families:
             reference, repeat, network, data, random, both, short. Default: all.
-        selection_mode: how cases are compared for selection: roi (label bounding box + margin) or image.
+        mode: how cases are compared for selection: roi (label bounding box + margin) or image.
         search_space: search-space YAML (default: the built-in segmentation space).
         fold: validation fold.
         top_k: k of the top-k overlap.
@@ -114,7 +115,7 @@ def study(
         templates: Auto3DSeg templates folder (default: WORK_DIR/algorithm_templates if present, else the
             bundled algorithm_templates).
         val_every: validate every this many epochs (1 stores the full per-epoch curve that ASHA needs).
-        workers: trials trained side by side (each in its own process; 2 suits a 2-core machine, 1 a GPU).
+        n_jobs: trials trained side by side (each in its own process; 2 suits a 2-core machine, 1 a GPU).
         threads: CPU threads per trial (OMP_NUM_THREADS of the trial processes); empty keeps the environment's.
         keep_checkpoints: keep each trial's resumable last.pt (large); model.pt is always kept.
         rescore_val: score the validation fold again with the study's evaluator instead of taking the
@@ -137,7 +138,7 @@ def study(
 
     w = ensure_dir(Path(work_dir).resolve())
     plan = build_variants(
-        epochs=int(epochs), fraction=float(fraction), proxy_data=_names(proxy_data, "proxy_data"),
+        epochs=int(epochs), fraction=float(data_fraction), proxy_data=_names(proxy_data, "proxy_data"),
         random_seeds=tuple(range(int(random_seeds))), widths=_floats(widths, "widths"),
         both_width=both_width, both_data=both_data, short_budgets=_floats(short_budgets, "short_budgets"),
         include=_names(variants, "variants") if variants else None,
@@ -156,8 +157,8 @@ def study(
     data = ensure_analysis(dataset_paths(root, w / "analysis"))
     subset_keys = {v.subset: {"metric": v.metric or "mi", "strategy": v.strategy, "seed": v.seed}
                    for v in plan if v.subset}
-    subsets = ensure_subsets(data, w / "subsets", subset_keys, float(fraction), int(fold),
-                             selection_mode) if subset_keys else {}
+    subsets = ensure_subsets(data, w / "subsets", subset_keys, float(data_fraction), int(fold),
+                             mode) if subset_keys else {}
 
     from proxy_bundle.hpo.runners import AlgoRunner
     from proxy_bundle.study.evaluate import Evaluator, read_cases
@@ -185,7 +186,7 @@ def study(
     context = {"dataset": content_hash(*(p for p in (data.datalist, data.external, data.dataroot / "dataset.json",
                                                       data.dataroot / "phantom_meta.json") if p.is_file())),
                "fold": int(fold), "init_filters": int(init_filters), "val_every": int(val_every),
-               "roi": int(roi) if roi is not None else None, "selection_mode": selection_mode,
+               "roi": int(roi) if roi is not None else None, "selection_mode": mode,
                "template": content_hash(Path(templates_dir) / ALGO, patterns=("*.py", "*.yaml", "*.json"))}
 
     store = RunStore(w / "runs")
@@ -243,7 +244,7 @@ def study(
         timer.daemon = True
         timer.start()
     try:
-        with ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix="study") as pool:
+        with ThreadPoolExecutor(max_workers=max(1, int(n_jobs)), thread_name_prefix="study") as pool:
             futures = [pool.submit(work, j) for j in todo]
             try:
                 for f in as_completed(futures):
@@ -299,10 +300,10 @@ def study(
         "levels": levels,
         "init_filters": int(init_filters),
         "val_every": int(val_every),
-        "workers": int(workers),
+        "workers": int(n_jobs),
         "threads": threads,
-        "fraction": float(fraction),
-        "selection_mode": selection_mode,
+        "fraction": float(data_fraction),
+        "selection_mode": mode,
         "fold": int(fold),
         "n_val": n_val,
         "n_train": n_train,
