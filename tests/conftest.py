@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Every test trains tiny networks (32^3 patches, 2-8 channels) that need no accelerator. On a CUDA machine their
+# trainings (subprocesses inherit this) would otherwise take the GPU: cuDNN autotuning (cudnn.benchmark) of fp16
+# 3-D kernels for such odd shapes, CUDA start-up in every trial process and AMP make them slow and their scores
+# machine-dependent. Pinned to the CPU here, before torch initialises CUDA; PROXY_BUNDLE_TEST_GPU=1 opts in.
+if os.environ.get("PROXY_BUNDLE_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import pytest
 

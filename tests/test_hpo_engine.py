@@ -171,9 +171,10 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     # No completed work repeated: completed slots trained once, the interrupted one twice, phase 2 once per rank.
     lines = log.read_text().splitlines()
     counts = {key: sum(f"/{key}/" in line for line in lines)
-              for key in ("slot0000", "slot0001", "slot0002", "slot0003", "slot0004", "rank00", "rank01")}
+              for key in ("slot0000", "slot0001", "slot0002", "slot0003", "slot0004")}
+    counts["phase2"] = sum("/phase2/" in line for line in lines)
     assert counts == {"slot0000": 1, "slot0001": 1, "slot0002": 2, "slot0003": 1, "slot0004": 1,
-                      "rank00": 1, "rank01": 1}, counts
+                      "phase2": 2}, counts
     p2 = [t for t in result["trials"] if t["phase"] == 2]
     assert sorted(t["rank"] for t in p2) == [0, 1] and all(t["state"] == "COMPLETE" for t in p2)
 
@@ -184,7 +185,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert _results(out)["best"] == result["best"]
 
 
-def test_changed_settings_on_existing_study_are_refused(tmp_path):
+def test_changed_settings_are_refused_and_a_finished_search_is_extended_without_retraining(tmp_path, monkeypatch):
+    import dataclasses
+
     from proxy_bundle.hpo.engine import TwoPhaseSearch
     from proxy_bundle.hpo.runners import CommandRunner
 
@@ -193,11 +196,23 @@ def test_changed_settings_on_existing_study_are_refused(tmp_path):
         from hpo_toy_search import config
     finally:
         sys.path.remove(str(HERE))
+    log = tmp_path / "trainings.log"
+    monkeypatch.setenv("TOY_LOG", str(log))
     url = f"sqlite:///{tmp_path / 's.db'}"
     runner = CommandRunner([sys.executable, str(HERE / "hpo_toy_trainer.py"), "run"], poll_s=0.05)
-    TwoPhaseSearch(config(str(tmp_path / "a"), n_trials=2, top_k=1), runner, url).run()
-    with pytest.raises(InputError, match="different settings \\(n_trials\\)"):
-        TwoPhaseSearch(config(str(tmp_path / "a"), n_trials=3, top_k=1), runner, url).run()
+    first = TwoPhaseSearch(config(str(tmp_path / "a"), n_trials=2, top_k=1), runner, url).run()
+    with pytest.raises(InputError, match="different settings \\(seed\\)"):
+        TwoPhaseSearch(dataclasses.replace(config(str(tmp_path / "a"), n_trials=2, top_k=1), seed=8), runner,
+                       url).run()
+    # More trials and a larger top-k: only the new slot and configurations without a full-fidelity result train.
+    more = TwoPhaseSearch(config(str(tmp_path / "a"), n_trials=3, top_k=2), runner, url).run()
+    lines = log.read_text().splitlines()
+    assert [sum(f"/phase1/slot000{i}/" in line for line in lines) for i in range(3)] == [1, 1, 1]
+    sources = [t.user_attrs["source_trial"] for t in more.phase2 if t.state.name == "COMPLETE"]
+    assert sorted(sources) == sorted(set(sources)) and len(sources) == 2
+    assert sum("/phase2/" in line for line in lines) == 2
+    assert first.best_trial.user_attrs["source_trial"] in sources
+    assert more.best_score >= first.best_score
 
 
 def test_median_pruning_stops_bad_trials(tmp_path):

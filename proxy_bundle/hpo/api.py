@@ -22,6 +22,8 @@ def run_search(config: SearchConfig, runner: TrialRunner, storage_url: str, *, p
     ``config.out_dir`` (and copies of the first two into ``latest_dir``, e.g. ``W/hpo``). Returns the summary
     with an ``outputs`` entry naming the files written."""
     outcome = TwoPhaseSearch(config, runner, storage_url).run()
+    if outcome is None:
+        raise RuntimeError("run_search needs a worker that takes part in phase 2 (config.phase2)")
     base, base_path = None, None
     if proxy_mode != "none":
         if baseline is not None:
@@ -31,7 +33,7 @@ def run_search(config: SearchConfig, runner: TrialRunner, storage_url: str, *, p
             if found:
                 base, base_path = found
     summary = summarize(study_name=config.study_name, proxy_mode=proxy_mode, storage=mask_url(storage_url),
-                        config=config.fingerprint(), phase1=outcome.phase1, phase2=outcome.phase2,
+                        config=config.settings(), phase1=outcome.phase1, phase2=outcome.phase2,
                         best=outcome.best_trial, elapsed_s=outcome.elapsed_s, baseline=base,
                         baseline_path=base_path)
     paths = write_outputs(config.out_dir, summary, plots=plots)

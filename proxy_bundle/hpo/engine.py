@@ -8,16 +8,22 @@ Any number of workers may run the same search against one storage:
 
 * a *slot* is the n-th fresh phase-1 trial; trials beyond ``n_trials`` slots (two workers asking at once) are
   marked ``surplus`` and never run;
-* phase 2 is planned by exactly one worker: whoever creates the phase-2 study (study names are unique in the
-  database) enqueues its trials; a planner that died is replaced once its heartbeat is stale;
-* each worker records its ``host:pid`` and a heartbeat on its running trial. A running trial whose worker is
-  gone (same host and dead pid, or heartbeat older than ``grace_s``) is marked failed and re-enqueued with the
-  same parameters and slot, so re-running a killed command resumes it: completed trials are kept, the
-  interrupted one is retried, and with one worker the sampler sees exactly the history it would have seen.
+* phase 2 retrains each planned phase-1 trial (its *source*) once; the plan (the current top-k) is enqueued by
+  exactly one worker, whoever creates the plan's lock study (study names are unique in the database);
+* liveness is Optuna's: every running trial has an RDB heartbeat, ``optuna.storages.fail_stale_trials`` fails a
+  trial whose heartbeat is older than the grace period and ``RetryFailedTrialCallback`` re-enqueues it with the same
+  parameters and user attributes (slot, rank, source). Re-running a killed command therefore resumes it: completed
+  trials are kept, the interrupted one is retried (from its last checkpoint when the runner supports it), and with
+  one worker the sampler sees exactly the history it would have seen.
+
+``n_trials`` and ``top_k`` are a budget, not part of the search's identity: raising them on a finished search adds
+phase-1 slots and retrains only configurations that have no full-fidelity result yet. ``deadline`` (absolute
+``time.time()``) stops starting phase-1 trials; phase 2 then retrains the top-k of what completed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,30 +31,36 @@ import signal
 import socket
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import optuna
+from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from proxy_bundle.atomic import ensure_dir
 from proxy_bundle.errors import InputError
 from proxy_bundle.hpo.runners import Fidelity, TrialFailed, TrialResult, TrialRunner
-from proxy_bundle.hpo.sampling import RETRY_OF, SLOT, make_pruner, make_sampler, slot_of
+from proxy_bundle.hpo.sampling import SLOT, make_pruner, make_sampler, retry_of, slot_of
 from proxy_bundle.hpo.space import SearchSpace, suggest
 from proxy_bundle.hpo.storage import mask_text, mask_url, open_storage
 
 __all__ = ["SearchConfig", "SearchOutcome", "TwoPhaseSearch", "phase2_name"]
 
 log = logging.getLogger("proxy_bundle.hpo")
+# The search drives trials with ask/tell and runs Optuna's own heartbeat thread for each (as Study.optimize does).
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 # user attribute keys
-PHASE, RANK, WORKER, HEARTBEAT, FIDELITY = "phase", "rank", "worker", "heartbeat", "fidelity"
+PHASE, RANK, WORKER, FIDELITY = "phase", "rank", "worker", "fidelity"
 SCORES, WALL, TRIAL_DIR, MODEL, OUTPUT, ERROR = "scores", "wall_s", "trial_dir", "model_path", "output_dir", "error"
 SURPLUS, INTERRUPTED, SOURCE, PROXY_SCORE, PLANNER, PLANNED, CONFIG = (
     "surplus", "interrupted", "source_trial", "proxy_score", "planner", "planned", "config")
+SOURCE_SLOT, STARTED = "source_slot", "started"
+TIMING_KEYS = ("train_s", "val_s", "resumed_from_epoch")
 
 
 def phase2_name(study_name: str) -> str:
@@ -57,7 +69,13 @@ def phase2_name(study_name: str) -> str:
 
 @dataclass
 class SearchConfig:
-    """Everything that defines a search; two runs with equal configs (and seed) are the same search."""
+    """Everything that defines a search; two runs with equal fingerprints (and seed) are the same search.
+
+    ``n_trials``/``top_k`` are the budget (may grow between runs); ``deadline``: absolute ``time.time()`` after which
+    no phase-1 trial starts (``None``: none); ``phase2``: this worker also trains phase-2 trials; ``wait``: this
+    worker waits for other workers' phase-1 trials before phase 2 (a packing lane that does not train phase 2
+    leaves as soon as nothing is left to start). ``max_retry``: retries of a trial whose worker died.
+    """
 
     study_name: str
     space: SearchSpace
@@ -74,6 +92,10 @@ class SearchConfig:
     grace_s: float = 60.0
     poll_s: float = 1.0
     progress_bar: bool = True
+    deadline: float | None = None
+    phase2: bool = True
+    wait: bool = True
+    max_retry: int = 3
 
     def __post_init__(self) -> None:
         if int(self.n_trials) < 1:
@@ -88,12 +110,16 @@ class SearchConfig:
         return not self.proxy.is_full
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings a resumed or joining worker must share with the study's creator."""
+        """The settings a resumed, extended or joining worker must share with the study's creator."""
         return {
             "space": self.space.to_dict(), "proxy": self.proxy.to_dict(), "full": self.full.to_dict(),
-            "n_trials": int(self.n_trials), "top_k": int(self.top_k), "seed": int(self.seed),
-            "sampler": self.sampler, "pruner": self.pruner, "n_startup_trials": self.n_startup_trials,
+            "seed": int(self.seed), "sampler": self.sampler, "pruner": self.pruner,
+            "n_startup_trials": self.n_startup_trials,
         }
+
+    def settings(self) -> dict[str, Any]:
+        """The fingerprint plus this run's budget (``n_trials``, ``top_k``)."""
+        return {**self.fingerprint(), "n_trials": int(self.n_trials), "top_k": int(self.top_k)}
 
 
 @dataclass
@@ -106,6 +132,7 @@ class SearchOutcome:
     phase1: list[FrozenTrial]
     phase2: list[FrozenTrial] = field(default_factory=list)
     elapsed_s: dict[str, float] = field(default_factory=dict)
+    stopped_by: str | None = None
 
 
 def _worker_id() -> str:
@@ -122,32 +149,31 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _worker_gone(attrs: Mapping[str, Any], start: Any, grace_s: float, me: str, mine: set[int],
-                 number: int) -> bool:
-    """Is the worker behind a RUNNING trial (or a phase-2 plan) gone?"""
-    worker = attrs.get(WORKER) or attrs.get(PLANNER)
-    beat = attrs.get(HEARTBEAT)
-    if worker:
-        host, _, pid = str(worker).rpartition(":")
-        if host == socket.gethostname() and pid.isdigit():
-            if worker == me:
-                return number not in mine
-            if not _pid_alive(int(pid)):
-                return True
-    if beat is None:
-        started = start.timestamp() if start is not None else None
-        return started is not None and time.time() - started > grace_s
-    return time.time() - float(beat) > grace_s
+def _dead_here(worker: Any, me: str, mine: set[int], number: int) -> bool:
+    """Is ``worker`` (``host:pid``) a process of this host that is gone (or this process, not running ``number``)?"""
+    host, _, pid = str(worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if worker == me:
+        return number not in mine
+    return not _pid_alive(int(pid))
+
+
+def retries_exhausted(trial: FrozenTrial, max_retry: int) -> bool:
+    """Will ``RetryFailedTrialCallback(max_retry)`` not retry this failed trial (its retries are used up)?"""
+    return len(trial.system_attrs.get("retry_history", [])) + 1 > int(max_retry)
 
 
 class TwoPhaseSearch:
-    """Run (or join, or resume) a two-phase search; see the module docstring."""
+    """Run (or join, or resume, or extend) a two-phase search; see the module docstring."""
 
     def __init__(self, config: SearchConfig, runner: TrialRunner, storage_url: str) -> None:
         self.config = config
         self.runner = runner
         self.url = storage_url
-        self.storage = open_storage(storage_url)
+        self.retry = RetryFailedTrialCallback(max_retry=int(config.max_retry))
+        self.storage = open_storage(storage_url, heartbeat_interval=max(1, int(round(config.heartbeat_s))),
+                                    grace_period=max(2, int(round(config.grace_s))), failed_trial_callback=self.retry)
         self.me = _worker_id()
         self._mine: set[int] = set()
         self.out_dir = ensure_dir(Path(config.out_dir))
@@ -171,6 +197,8 @@ class TwoPhaseSearch:
         if have is None:
             study.set_user_attr(CONFIG, want)
             return
+        # Studies of earlier versions also stored the budget; it may change between runs.
+        have = {k: v for k, v in have.items() if k not in ("n_trials", "top_k")}
         if have != want:
             diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
             raise InputError(f"study {study.study_name!r} already exists with different settings ({', '.join(diff)});"
@@ -178,94 +206,79 @@ class TwoPhaseSearch:
                              where=mask_url(self.url))
 
     # ---------------------------------------------------------------- liveness
-    @contextmanager
-    def _heartbeat(self, trial_id: int) -> Iterator[None]:
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(self.config.heartbeat_s):
-                try:
-                    self.storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
-                except Exception as err:  # a transient DB error must not kill the training
-                    log.warning("heartbeat failed: %s", mask_text(str(err), self.url))
-
-        thread = threading.Thread(target=beat, name="hpo-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-
-    def _fail_stale(self, study: optuna.Study) -> int:
-        """Mark RUNNING trials of dead workers FAIL and re-enqueue them (same params, slot/rank). Returns count."""
-        n = 0
+    def _fail_stale(self, study: optuna.Study) -> None:
+        """Fail (and retry) RUNNING trials whose worker is gone."""
+        # Optuna: heartbeat older than the grace period -> FAIL, then RetryFailedTrialCallback re-enqueues it.
+        optuna.storages.fail_stale_trials(study)
+        # What Optuna lacks: it knows no processes. On this host a dead pid means the worker is gone *now*, so a
+        # re-run of a killed search (or a supervisor restarting a crashed worker) retries its trial at once instead
+        # of a grace period later; and a trial left RUNNING under this very pid (pid reuse) is not ours.
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if not _worker_gone(t.user_attrs, t.datetime_start, self.config.grace_s, self.me, self._mine, t.number):
+            if not _dead_here(t.user_attrs.get(WORKER), self.me, self._mine, t.number):
                 continue
             try:
                 self.storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
-                # The RUNNING -> FAIL transition is atomic in the database: only one worker wins it and enqueues.
+                # The RUNNING -> FAIL transition is atomic in the database: only one worker wins it and retries.
                 if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                     continue
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
-            self._enqueue_retry(study, t)
+            self.retry(study, self.storage.get_trial(t._trial_id))
             log.warning("trial %d of %s was interrupted (worker %s); retrying it", t.number, study.study_name,
                         t.user_attrs.get(WORKER, "?"))
-            n += 1
-        return n
-
-    def _enqueue_retry(self, study: optuna.Study, t: FrozenTrial) -> None:
-        attrs = {k: t.user_attrs[k] for k in (PHASE, SLOT, RANK, SOURCE, PROXY_SCORE) if k in t.user_attrs}
-        if SLOT not in attrs and RANK not in attrs:
-            attrs[SLOT] = slot_of(study.get_trials(deepcopy=False), t.number)
-        attrs[RETRY_OF] = t.number
-        params = dict(t.system_attrs.get("fixed_params", {}) or {})
-        params.update(t.params)
-        study.enqueue_trial(params, user_attrs=attrs)
 
     # ---------------------------------------------------------------- running one trial
     def _run_trial(self, study: optuna.Study, trial: optuna.Trial, phase: int, fidelity: Fidelity,
                    label: str) -> None:
+        from optuna.storages._heartbeat import get_heartbeat_thread  # what Study.optimize uses for its trials
+
         c = self.config
         trial_dir = self.out_dir / f"phase{phase}" / label
         self._mine.add(trial.number)
-        trial.set_user_attr(WORKER, self.me)
-        trial.set_user_attr(HEARTBEAT, time.time())
-        params = suggest(trial, c.space)
-        trial.set_user_attr(PHASE, phase)
-        trial.set_user_attr(FIDELITY, fidelity.to_dict())
-        trial.set_user_attr(TRIAL_DIR, str(trial_dir))
-        scores: list[list[float]] = []
-        prune_enabled = phase == 1
-
-        def report(epoch: int, score: float) -> bool:
-            scores.append([int(epoch), float(score)])
-            trial.report(float(score), int(epoch))
-            trial.set_user_attr(SCORES, scores)
-            return prune_enabled and trial.should_prune()
-
-        start = time.time()
         try:
-            with self._heartbeat(trial._trial_id):
-                result: TrialResult = self.runner.run(params, fidelity, trial_dir, report)
-        except TrialFailed as err:
-            trial.set_user_attr(WALL, time.time() - start)
-            trial.set_user_attr(ERROR, mask_text(str(err), self.url)[-4000:])
-            study.tell(trial, state=TrialState.FAIL)
-            log.error("trial %d failed: %s", trial.number, str(err).splitlines()[0])
-            return
-        except BaseException:
-            # Interrupted (Ctrl-C / SIGTERM) or an engine error: hand the slot back for a retry right away.
-            self._interrupt(study, trial)
-            raise
+            with get_heartbeat_thread(trial._trial_id, self.storage):
+                trial.set_user_attr(WORKER, self.me)
+                params = suggest(trial, c.space)
+                trial.set_user_attr(PHASE, phase)
+                trial.set_user_attr(FIDELITY, fidelity.to_dict())
+                trial.set_user_attr(TRIAL_DIR, str(trial_dir))
+                trial.set_user_attr(STARTED, time.time())
+                scores: list[list[float]] = []
+                # A retry inherits its failed trial's attributes; these describe the failed run, not this one.
+                trial.set_user_attr(SCORES, scores)
+                if trial.user_attrs.get(INTERRUPTED):
+                    trial.set_user_attr(INTERRUPTED, False)
+                prune_enabled = phase == 1
+
+                def report(epoch: int, score: float) -> bool:
+                    scores.append([int(epoch), float(score)])
+                    trial.report(float(score), int(epoch))
+                    trial.set_user_attr(SCORES, scores)
+                    return prune_enabled and trial.should_prune()
+
+                start = time.time()
+                try:
+                    result: TrialResult = self.runner.run(params, fidelity, trial_dir, report)
+                except TrialFailed as err:
+                    trial.set_user_attr(WALL, time.time() - start)
+                    trial.set_user_attr(ERROR, mask_text(str(err), self.url)[-4000:])
+                    study.tell(trial, state=TrialState.FAIL)
+                    log.error("trial %d failed: %s", trial.number, str(err).splitlines()[0])
+                    return
+                except BaseException:
+                    # Interrupted (Ctrl-C / SIGTERM) or an engine error: hand the trial back for a retry right away.
+                    self._interrupt(study, trial)
+                    raise
         finally:
             self._mine.discard(trial.number)
         trial.set_user_attr(WALL, result.wall_s)
         trial.set_user_attr(SCORES, [[int(e), float(s)] for e, s in result.scores])
         trial.set_user_attr(OUTPUT, result.output_dir)
         trial.set_user_attr(MODEL, result.model_path)
+        for key in TIMING_KEYS:
+            value = (result.timing or {}).get(key)
+            if value is not None:
+                trial.set_user_attr(key, value)
         if result.pruned:
             study.tell(trial, state=TrialState.PRUNED)
         elif result.score is None:
@@ -278,7 +291,7 @@ class TwoPhaseSearch:
         try:
             self.storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
             if self.storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                self._enqueue_retry(study, self.storage.get_trial(trial._trial_id))
+                self.retry(study, self.storage.get_trial(trial._trial_id))
         except Exception as err:  # the stale-trial check of the next run takes over
             log.warning("could not release trial %d: %s", trial.number, mask_text(str(err), self.url))
 
@@ -292,12 +305,15 @@ class TwoPhaseSearch:
             by_slot.setdefault(slot, []).append(t)
         return by_slot
 
-    @staticmethod
-    def _slot_done(trials: Sequence[FrozenTrial]) -> bool:
-        # A trial that failed with an error counts as done (retrying a deterministic crash would loop);
-        # an interrupted one does not (its retry is queued).
+    def _slot_done(self, trials: Sequence[FrozenTrial]) -> bool:
+        # A trial that failed with an error counts as done (retrying a deterministic crash would loop), and so does
+        # an interrupted one whose retries are used up; otherwise an interrupted one does not (its retry is queued).
         return any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or
-                   (t.state == TrialState.FAIL and ERROR in t.user_attrs) for t in trials)
+                   (t.state == TrialState.FAIL and not t.user_attrs.get(SURPLUS) and
+                    (ERROR in t.user_attrs or retries_exhausted(t, self.config.max_retry))) for t in trials)
+
+    def _out_of_time(self) -> bool:
+        return self.config.deadline is not None and time.time() >= self.config.deadline
 
     def _phase1(self, study: optuna.Study, bar: Any) -> list[FrozenTrial]:
         c = self.config
@@ -309,12 +325,12 @@ class TwoPhaseSearch:
             done = sum(1 for s in range(c.n_trials) if self._slot_done(by_slot.get(s, [])))
             _set_bar(bar, done)
             waiting = any(t.state == TrialState.WAITING for t in trials)
-            fresh = sum(1 for t in trials if RETRY_OF not in t.user_attrs)
-            if waiting or fresh < c.n_trials:
+            fresh = sum(1 for t in trials if retry_of(t) is None)
+            if (waiting or fresh < c.n_trials) and not self._out_of_time():
                 trial = study.ask()
                 frozen = self.storage.get_trial(trial._trial_id)
                 slot = slot_of(study.get_trials(deepcopy=False), trial.number)
-                if slot >= c.n_trials or (RETRY_OF in frozen.user_attrs and self._slot_done(
+                if slot >= c.n_trials or (retry_of(frozen) is not None and self._slot_done(
                         [t for t in by_slot.get(slot, []) if t.number != trial.number])):
                     trial.set_user_attr(SURPLUS, True)
                     study.tell(trial, state=TrialState.FAIL)
@@ -322,7 +338,8 @@ class TwoPhaseSearch:
                 trial.set_user_attr(SLOT, slot)
                 self._run_trial(study, trial, 1, fidelity, f"slot{slot:04d}")
                 continue
-            if done >= c.n_trials:
+            running = any(t.state == TrialState.RUNNING for t in trials)
+            if done >= c.n_trials or not c.wait or (self._out_of_time() and not running):
                 return study.get_trials(deepcopy=True)
             time.sleep(c.poll_s)  # other workers are still training their slots
 
@@ -337,65 +354,79 @@ class TwoPhaseSearch:
         done.sort(key=lambda t: (-float(t.value), slot.get(t.number, t.number)))
         return done[: self.config.top_k]
 
-    def _plan_phase2(self, phase1: Sequence[FrozenTrial]) -> optuna.Study:
-        name = phase2_name(self.config.study_name)
-        top = self._top_k(phase1)
-        try:
-            study = optuna.create_study(study_name=name, storage=self.storage, direction="maximize",
-                                        sampler=optuna.samplers.RandomSampler(seed=self.config.seed),
-                                        pruner=optuna.pruners.NopPruner(), load_if_exists=False)
-            study.set_user_attr(PLANNER, self.me)
-            study.set_user_attr(HEARTBEAT, time.time())
-        except optuna.exceptions.DuplicatedStudyError:
-            study = optuna.load_study(study_name=name, storage=self.storage,
-                                      sampler=optuna.samplers.RandomSampler(seed=self.config.seed),
-                                      pruner=optuna.pruners.NopPruner())
-            while not study.user_attrs.get(PLANNED):
-                attrs = study.user_attrs
-                if _worker_gone(attrs, None, self.config.grace_s, self.me, set(), -1) or PLANNER not in attrs:
-                    study.set_user_attr(PLANNER, self.me)  # the planner died: finish its plan
-                    break
-                time.sleep(self.config.poll_s)
-        if not study.user_attrs.get(PLANNED):
-            have = {int(t.user_attrs[RANK]) for t in study.get_trials(deepcopy=False) if RANK in t.user_attrs}
-            for rank, t in enumerate(top):
-                if rank not in have:
-                    study.enqueue_trial(dict(t.params), user_attrs={PHASE: 2, RANK: rank, SOURCE: t.number,
-                                                                    PROXY_SCORE: float(t.value)})
-            study.set_user_attr(PLANNED, True)
-        return study
-
-    def _phase2(self, study: optuna.Study, bar: Any) -> list[FrozenTrial]:
+    def _plan_phase2(self, phase1: Sequence[FrozenTrial]) -> tuple[optuna.Study, list[int]]:
+        """The phase-2 study with every configuration of the current top-k enqueued once; returns the plan
+        (phase-1 trial numbers, best first)."""
         c = self.config
-        n_ranks = None
+        name = phase2_name(c.study_name)
+        top = self._top_k(phase1)
+        plan = [t.number for t in top]
+        study = self._study(name, phase=2)
+        if study.user_attrs.get(PLANNED) == plan:
+            return study, plan
+        digest = hashlib.sha256(json.dumps(plan).encode()).hexdigest()[:16]
+        try:
+            # The lock: exactly one worker creates this study and enqueues the plan; the others wait for it.
+            lock = optuna.create_study(study_name=f"{name}-plan-{digest}", storage=self.storage, load_if_exists=False)
+            lock.set_user_attr(PLANNER, self.me)
+            lock.set_user_attr(STARTED, time.time())
+        except optuna.exceptions.DuplicatedStudyError:
+            lock = optuna.load_study(study_name=f"{name}-plan-{digest}", storage=self.storage)
+            while study.user_attrs.get(PLANNED) != plan:
+                attrs = lock.user_attrs
+                started = float(attrs.get(STARTED, 0.0))
+                if PLANNER in attrs and (_dead_here(attrs[PLANNER], self.me, set(), -1) or
+                                         time.time() - started > c.grace_s):
+                    lock.set_user_attr(PLANNER, self.me)  # the planner died: finish its plan
+                    break
+                time.sleep(c.poll_s)
+                study = self._study(name, phase=2)
+        if study.user_attrs.get(PLANNED) != plan:
+            have = {int(t.user_attrs[SOURCE]) for t in study.get_trials(deepcopy=False)
+                    if SOURCE in t.user_attrs and not t.user_attrs.get(SURPLUS)}
+            slots = {t.number: s for s, ts in self._phase1_slots(phase1).items() for t in ts}
+            for rank, t in enumerate(top):
+                if t.number not in have:
+                    study.enqueue_trial(dict(t.params), user_attrs={PHASE: 2, RANK: rank, SOURCE: t.number,
+                                                                    SOURCE_SLOT: slots.get(t.number, t.number),
+                                                                    PROXY_SCORE: float(t.value)})
+            study.set_user_attr(PLANNED, plan)
+        return study, plan
+
+    def _phase2(self, study: optuna.Study, plan: Sequence[int], bar: Any) -> list[FrozenTrial]:
+        c = self.config
         while True:
             self._fail_stale(study)
             trials = study.get_trials(deepcopy=False)
-            ranks: dict[int, list[FrozenTrial]] = {}
+            by_source: dict[int, list[FrozenTrial]] = {}
             for t in trials:
-                if RANK in t.user_attrs and not t.user_attrs.get(SURPLUS):
-                    ranks.setdefault(int(t.user_attrs[RANK]), []).append(t)
-            n_ranks = len(ranks)
-            done = sum(1 for ts in ranks.values() if self._slot_done(ts))
-            _set_bar(bar, done, total=n_ranks)
+                if SOURCE in t.user_attrs and not t.user_attrs.get(SURPLUS):
+                    by_source.setdefault(int(t.user_attrs[SOURCE]), []).append(t)
+            done = sum(1 for s in plan if self._slot_done(by_source.get(s, [])))
+            _set_bar(bar, done, total=len(plan))
             if any(t.state == TrialState.WAITING for t in trials):
                 trial = study.ask()
                 frozen = self.storage.get_trial(trial._trial_id)
-                rank = frozen.user_attrs.get(RANK)
-                others = [t for t in ranks.get(int(rank), []) if t.number != trial.number] if rank is not None else []
-                if rank is None or self._slot_done(others):
+                source = frozen.user_attrs.get(SOURCE)
+                others = [t for t in by_source.get(int(source), []) if t.number != trial.number] \
+                    if source is not None else []
+                if source is None or int(source) not in plan or self._slot_done(others) or \
+                        any(t.state == TrialState.RUNNING for t in others):
+                    # Not (or no longer) planned, or trained / in training elsewhere: never train it twice.
                     trial.set_user_attr(SURPLUS, True)
                     study.tell(trial, state=TrialState.FAIL)
                     continue
-                self._run_trial(study, trial, 2, c.full, f"rank{int(rank):02d}")
+                label = f"from-slot{int(frozen.user_attrs.get(SOURCE_SLOT, source)):04d}"
+                self._run_trial(study, trial, 2, c.full, label)
                 continue
-            if done >= n_ranks:
+            if done >= len(plan):
                 return study.get_trials(deepcopy=True)
             time.sleep(c.poll_s)
 
     # ---------------------------------------------------------------- entry point
-    def run(self) -> SearchOutcome:
-        """Run this worker until the search is finished (by it and any other workers)."""
+    def run(self) -> SearchOutcome | None:
+        """Run this worker until the search is finished (by it and any other workers). Returns ``None`` for a
+        worker that does not take part in phase 2 (``config.phase2`` false) once it has nothing left to train."""
         c = self.config
         with _sigterm_as_interrupt():
             t0 = time.time()
@@ -407,26 +438,30 @@ class TwoPhaseSearch:
             finally:
                 _close(bar)
             elapsed = {"phase1": time.time() - t0}
+            stopped = "timeout" if self._out_of_time() else None
+            if not c.phase2:
+                return None
             phase2: list[FrozenTrial] = []
+            plan: list[int] = []
             if c.two_phase:
                 t1 = time.time()
-                study2 = self._plan_phase2(phase1)
-                bar = _bar(c.progress_bar, c.top_k, "phase 2 (full)")
+                study2, plan = self._plan_phase2(phase1)
+                bar = _bar(c.progress_bar, len(plan), "phase 2 (full)")
                 try:
-                    phase2 = self._phase2(study2, bar)
+                    phase2 = self._phase2(study2, plan, bar)
                 finally:
                     _close(bar)
                 elapsed["phase2"] = time.time() - t1
-            pool = phase2 if c.two_phase else phase1
+            pool = [t for t in phase2 if t.user_attrs.get(SOURCE) in plan] if c.two_phase else phase1
             done = [t for t in pool if t.state == TrialState.COMPLETE and t.value is not None]
             if not done:
                 raise InputError(f"no full-fidelity trial of study {c.study_name!r} completed; see "
                                  f"{self.out_dir}/phase{2 if c.two_phase else 1}/*/train.log", where=str(self.out_dir))
-            key = (lambda t: (-float(t.value), int(t.user_attrs.get(RANK, 0)))) if c.two_phase else \
+            key = (lambda t: (-float(t.value), plan.index(int(t.user_attrs[SOURCE])))) if c.two_phase else \
                 (lambda t: (-float(t.value), slot_of(pool, t.number)))
             best = sorted(done, key=key)[0]
             return SearchOutcome(best_params=dict(best.params), best_score=float(best.value), best_trial=best,
-                                 phase1=phase1, phase2=phase2, elapsed_s=elapsed)
+                                 phase1=phase1, phase2=phase2, elapsed_s=elapsed, stopped_by=stopped)
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 from optuna.trial import FrozenTrial, TrialState
 
 from proxy_bundle.atomic import write_json, write_yaml
-from proxy_bundle.hpo.sampling import RETRY_OF, slot_of
+from proxy_bundle.hpo.sampling import retry_of, slot_of
 
 __all__ = ["find_baseline", "spearman", "summarize", "trial_record", "write_outputs"]
 
@@ -49,10 +49,13 @@ def trial_record(t: FrozenTrial, phase: int, slot: int | None = None) -> dict[st
         "trial_dir": a.get("trial_dir"),
         "model_path": a.get("model_path"),
     }
-    if RETRY_OF in a:
-        rec["retry_of"] = a[RETRY_OF]
-    if a.get("interrupted"):
-        rec["interrupted"] = True
+    if retry_of(t) is not None:
+        rec["retry_of"] = retry_of(t)
+    for key in ("train_s", "val_s", "resumed_from_epoch"):
+        if a.get(key) is not None:
+            rec[key] = a[key]
+    if a.get("interrupted") or (t.state == TrialState.FAIL and not a.get("error") and not a.get("surplus")):
+        rec["interrupted"] = True  # failed without an error: its worker died (Optuna's stale-heartbeat check)
     if a.get("error"):
         rec["error"] = a["error"]
     if phase == 2:

@@ -30,6 +30,7 @@ import yaml
 
 from proxy_bundle.atomic import ensure_dir, write_yaml
 from proxy_bundle.errors import InputError
+from proxy_bundle.hpo.devices import algo_device_setting
 
 __all__ = [
     "AlgoRunner",
@@ -42,6 +43,7 @@ __all__ = [
     "fire_value",
     "fresh_trial_dir",
     "launch_and_poll",
+    "progress_timing",
     "read_progress",
 ]
 
@@ -104,6 +106,7 @@ class TrialResult:
     wall_s: float = 0.0
     output_dir: str | None = None
     model_path: str | None = None
+    timing: dict[str, Any] = field(default_factory=dict)
 
 
 class TrialFailed(RuntimeError):
@@ -251,7 +254,16 @@ def launch_and_poll(cmd: Sequence[str], progress_file: str | os.PathLike, report
                           f"{_tail(log_path)}")
     if best is not None and not math.isfinite(best):
         best = None
-    return TrialResult(score=best, scores=scores, pruned=pruned, wall_s=wall)
+    return TrialResult(score=best, scores=scores, pruned=pruned, wall_s=wall, timing=progress_timing(history))
+
+
+def progress_timing(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Training and validation seconds (``train_s``, ``val_s``) and the epoch a resumed run started from, as the
+    template's last ``progress.yaml`` entry records them (empty for a trainer that does not)."""
+    if not history:
+        return {}
+    last = history[-1]
+    return {k: last[k] for k in ("train_s", "val_s", "resumed_from_epoch") if isinstance(last, Mapping) and k in last}
 
 
 def fire_value(value: Any) -> str:
@@ -262,6 +274,14 @@ def fire_value(value: Any) -> str:
         # Quoted literal: fire would otherwise turn "1e-3" or "None" strings into numbers / None.
         return repr(value)
     return repr(value)
+
+
+def _cuda_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 
 def _find_model(ckpt_dir: Path) -> str | None:
@@ -292,7 +312,8 @@ class AlgoRunner:
         self.timeout_s = timeout_s
         self.fold = int(fold)
         self.base_overrides = dict(base_overrides or {})
-        self.device_setting = dict(getattr(algo, "device_setting", {}) or {})
+        self.device_setting = algo_device_setting(getattr(algo, "device_setting", {}) or {}, os.environ,
+                                                  _cuda_count())
         if device_setting:
             self.device_setting.update(device_setting)
             if "CUDA_VISIBLE_DEVICES" in device_setting and "n_devices" not in device_setting:
@@ -385,7 +406,7 @@ class AlgoRunner:
         overrides = self.overrides(params, fidelity, trial_dir)
         env = dict(os.environ)
         visible = self.device_setting.get("CUDA_VISIBLE_DEVICES")
-        if visible not in (None, ""):
+        if visible is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(visible)
         ckpt = Path(overrides["ckpt_path"])
         result = launch_and_poll(self.command(algo, overrides), ckpt / PROGRESS_FILE, report,

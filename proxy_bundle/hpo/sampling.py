@@ -21,12 +21,20 @@ from optuna.trial import FrozenTrial, TrialState
 
 from proxy_bundle.errors import InputError
 
-__all__ = ["PRUNERS", "SAMPLERS", "SlotSeededSampler", "make_pruner", "make_sampler", "slot_of"]
+__all__ = ["PRUNERS", "SAMPLERS", "SlotSeededSampler", "make_pruner", "make_sampler", "retry_of", "slot_of"]
 
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("none", "median", "asha", "hyperband")
 RETRY_OF = "retry_of"
 SLOT = "slot"
+
+
+def retry_of(trial: FrozenTrial) -> int | None:
+    """The trial this one retries (Optuna's ``RetryFailedTrialCallback`` records the first failed one), or None."""
+    if RETRY_OF in trial.user_attrs:  # studies written before retries went through Optuna's callback
+        return int(trial.user_attrs[RETRY_OF])
+    number = trial.system_attrs.get("failed_trial")
+    return None if number is None else int(number)
 
 
 def slot_of(trials: Sequence[FrozenTrial], number: int) -> int:
@@ -35,7 +43,7 @@ def slot_of(trials: Sequence[FrozenTrial], number: int) -> int:
     for t in trials:
         if t.number == number and SLOT in t.user_attrs:
             return int(t.user_attrs[SLOT])
-    return sum(1 for t in trials if t.number < number and RETRY_OF not in t.user_attrs)
+    return sum(1 for t in trials if t.number < number and retry_of(t) is None)
 
 
 def _derive_seed(seed: int, slot: int) -> int:

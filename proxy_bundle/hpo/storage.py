@@ -61,8 +61,13 @@ def resolve_url(storage: str | None, work_dir: str | os.PathLike) -> str:
     return storage
 
 
-def open_storage(url: str):
-    """An ``optuna.storages.RDBStorage`` for ``url``; connection failures become a one-line masked error."""
+def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 failed_trial_callback=None):
+    """An ``optuna.storages.RDBStorage`` for ``url``; connection failures become a one-line masked error.
+
+    ``heartbeat_interval``/``grace_period`` (seconds) and ``failed_trial_callback`` are Optuna's: a RUNNING trial
+    without a heartbeat for ``grace_period`` is failed by ``optuna.storages.fail_stale_trials`` and handed to the
+    callback (e.g. ``RetryFailedTrialCallback``)."""
     import optuna
     import sqlalchemy.exc
 
@@ -77,7 +82,8 @@ def open_storage(url: str):
         engine_kwargs["pool_pre_ping"] = True
     for attempt in range(6):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                                              grace_period=grace_period, failed_trial_callback=failed_trial_callback)
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
             # Workers starting together on an empty database race to create Optuna's schema; the loser
             # sees a duplicate table/type and simply retries against the now complete schema.
