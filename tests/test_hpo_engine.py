@@ -306,3 +306,54 @@ def test_algo_runner_overrides_follow_the_template(tmp_path):
     assert AlgoRunner(_Algo(tmp_path, "x"), device_setting={"CUDA_VISIBLE_DEVICES": "0,1"}).command(
         type("A", (), {"get_output_path": lambda self: str(tmp_path / "withproxy")})(), {"lr": 0.1})[1:5] == [
         "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2"]
+
+
+def test_packed_workers_survive_a_crashed_worker(tmp_path, monkeypatch):
+    """Three long-lived workers (two packed lanes on one device plus another device) share the search; one worker
+    is SIGKILLed mid-trial: the supervisor restarts it, its trial is retried, and every slot completes once."""
+    import threading
+
+    from proxy_bundle.hpo.devices import WorkerSlot
+    from proxy_bundle.hpo.workers import WorkerSpec, run_workers, search_dict
+
+    sys.path.insert(0, str(HERE))
+    try:
+        from hpo_toy_search import config
+    finally:
+        sys.path.remove(str(HERE))
+    monkeypatch.setenv("TOY_SLEEP", "0.4")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "search"
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    cfg = config(str(out), n_trials=6, top_k=2)
+    spec = WorkerSpec(url=url, search=search_dict(cfg), runner={
+        "kind": "command", "command": [sys.executable, str(HERE / "hpo_toy_trainer.py"), "run"], "poll_s": 0.05})
+    slots = [WorkerSlot("cpu", 0), WorkerSlot("cpu", 1), WorkerSlot("cpu", 2)]
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(run_workers(spec, slots, out / "workers", poll_s=0.1)))
+    thread.start()
+    deadline = time.time() + 90
+    victim = None
+    while time.time() < deadline and victim is None:
+        for pid in _processes_mentioning(f"proxy_bundle.hpo.workers\0{out / 'workers'}", wait_s=0):
+            if any((out / "phase1" / f"slot{s:04d}" / "model" / "progress.yaml").exists() for s in range(6)):
+                victim = pid
+                break
+        time.sleep(0.05)
+    assert victim is not None, "no worker started training"
+    os.kill(victim, signal.SIGKILL)
+    thread.join(timeout=240)
+    assert not thread.is_alive()
+    assert sum(w["restarts"] for w in result["workers"]) == 1 and all(w["exit"] == 0 for w in result["workers"])
+
+    storage = optuna.storages.RDBStorage(url)
+    trials = optuna.load_study(study_name="toy", storage=storage).get_trials()
+    done = sorted(t.user_attrs["slot"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert done == [0, 1, 2, 3, 4, 5]
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") is not None]
+    assert len(retried) == 1 and retried[0].state == optuna.trial.TrialState.COMPLETE
+    workers = {t.user_attrs["worker"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert len(workers) >= 2  # the trials were spread over the workers
+    phase2 = optuna.load_study(study_name="toy-phase2", storage=storage).get_trials()
+    assert sorted(t.state.name for t in phase2 if not t.user_attrs.get("surplus")) == ["COMPLETE", "COMPLETE"]

@@ -15,7 +15,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = REPO / "algorithm_templates"
 TEMPLATE = TEMPLATES / "proxyseg"
-PROGRESS_KEYS = {"epoch", "avg_dice_score", "best_avg_dice_score", "best_epoch", "elapsed_s"}
+PROGRESS_KEYS = {"epoch", "avg_dice_score", "best_avg_dice_score", "best_epoch", "elapsed_s", "train_s", "val_s",
+                 "resumed_from_epoch", "cpu_s"}
 
 
 def _load(name: str, path: Path):
@@ -300,6 +301,18 @@ def test_resume_and_progress(bundle, train_module):
     # a changed hyper-parameter is a different run: it starts afresh instead of resuming
     train_module.run(_config(bundle), num_epochs=1, learning_rate=1e-3, **common)
     assert [p["epoch"] for p in yaml.safe_load((bundle / "model" / "progress.yaml").read_text())] == [1]
+
+    # In-process entry with a validation schedule (every 2nd epoch and the last): a run stopped after an epoch
+    # that did not validate resumes from that epoch's last.pt.
+    seen = []
+    settings = {"num_epochs": 3, "num_epochs_per_validation": 2, "learning_rate": 1e-3, **common}
+    assert train_module.train(_config(bundle), settings, on_epoch=lambda e, entry: seen.append(
+        (e, entry is not None)) or e == 1) == []
+    history = train_module.train(_config(bundle), settings, on_epoch=lambda e, entry: seen.append(
+        (e, entry is not None)) and False)
+    assert seen == [(1, False), (2, True), (3, True)] and [p["epoch"] for p in history] == [2, 3]
+    assert _timing(bundle)["epochs_run"] == 2 and history[-1]["resumed_from_epoch"] == 1
+    assert history[-1]["val_s"] > 0 and history[-1]["train_s"] > 0
 
 
 def test_bad_proxy_datalist_is_one_line_error(bundle, train_module, pipeline):

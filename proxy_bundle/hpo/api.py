@@ -17,7 +17,7 @@ __all__ = ["run_search"]
 
 def run_search(config: SearchConfig, runner: TrialRunner, storage_url: str, *, proxy_mode: str,
                baseline: str | os.PathLike | None = None, latest_dir: str | os.PathLike | None = None,
-               plots: bool = True) -> dict[str, Any]:
+               plots: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume, or join) the search, then write ``results.json``, ``best_params.yaml`` and plots into
     ``config.out_dir`` (and copies of the first two into ``latest_dir``, e.g. ``W/hpo``). Returns the summary
     with an ``outputs`` entry naming the files written."""
@@ -36,6 +36,9 @@ def run_search(config: SearchConfig, runner: TrialRunner, storage_url: str, *, p
                         config=config.settings(), phase1=outcome.phase1, phase2=outcome.phase2,
                         best=outcome.best_trial, elapsed_s=outcome.elapsed_s, baseline=base,
                         baseline_path=base_path)
+    summary.update(extra or {})
+    if outcome.stopped_by:
+        summary["stopped_by"] = outcome.stopped_by
     paths = write_outputs(config.out_dir, summary, plots=plots)
     if latest_dir is not None:
         paths["latest_results"] = str(write_json(Path(latest_dir) / "results.json", summary))

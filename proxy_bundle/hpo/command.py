@@ -228,10 +228,12 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         top_k: int = 2, storage: str | None = None, pruner: str = "none", search_space: str | None = None,
         seed: int = 0, epochs: int | None = None, proxy_epochs: int | None = None, study_name: str | None = None,
         sampler: str = "tpe", n_startup_trials: int | None = None, algo: str = "proxyseg",
-        templates: str | None = None, fold: int = 0, overrides: Any = None, num_workers: int = 0,
+        templates: str | None = None, fold: int = 0, overrides: Any = None, num_workers: int | str = "auto",
         similarity: Similarity = "mi", mode: SelectionMode = "roi", strategy: Strategy = "representative",
         baseline: str | None = None,
-        grace_s: float = 60.0, trial_timeout: float | None = None, progress: bool = True) -> None:
+        grace_s: float = 60.0, trial_timeout: float | None = None, progress: bool = True, devices: str = "auto",
+        trials_per_device: int | str = "auto", timeout: float | None = None, val_every: int | str | None = "auto",
+        probe_s: float = 8.0) -> None:
     """Two-phase proxy hyper-parameter search: trials at proxy fidelity, then the top-k retrained at full fidelity.
 
     Re-running the same command resumes an interrupted search; several workers given the same --storage
@@ -261,7 +263,8 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         templates: algorithm templates folder (default W/algorithm_templates, else the repository's).
         fold: validation fold of every trial.
         overrides: fixed template settings for every trial, e.g. '{"roi_size": [64,64,64], "batch_size": 1}'.
-        num_workers: DataLoader workers per trial.
+        num_workers: DataLoader workers per trial; auto: the CPU cores shared among the concurrent trials on a GPU
+            machine (at most 8 each), 0 on the CPU.
         similarity: proxy data image similarity metric (mi | nmi | ncc) when a selection is made here.
         mode: proxy data comparison mode (roi | image).
         strategy: proxy data strategy (representative | diverse | coverage | random).
@@ -269,6 +272,17 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         grace_s: seconds without heartbeat after which another worker's running trial counts as interrupted.
         trial_timeout: wall-clock limit of one trial in seconds (a trial over it fails); default none.
         progress: show progress bars.
+        devices: auto (every visible GPU, else the CPU) | cpu | GPU ordinals as this process sees them, e.g. 0,1
+            (the parent's CUDA_VISIBLE_DEVICES is respected). One long-lived worker process per device and lane
+            trains trial after trial.
+        trials_per_device: proxy trials trained at once on one GPU; auto measures it (aggregate steps/s and memory
+            of 1, 2, 4, 8 concurrent trainings, about --probe_s seconds each) and uses 1 on the CPU. Full-fidelity
+            trials always get a device each.
+        timeout: seconds for the whole search: no phase-1 trial starts after it; phase 2 then retrains the top-k
+            of the trials that completed. Re-running the command continues the search.
+        val_every: validate every this many epochs and after the last; auto: about 5 validations per trial when
+            --epochs/--proxy_epochs are given (else the template's schedule).
+        probe_s: seconds each concurrent training runs in the --trials_per_device auto probe.
     """
     from proxy_bundle.hpo.sampling import PRUNERS, SAMPLERS
 
@@ -321,25 +335,102 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         datalist = proxy_datalist(cfg, work, stats, fraction=data_fraction, fold=fold, seed=seed, metric=similarity,
                                   mode=mode, strategy=strategy)
     phase1_fid, full_fid = build_fidelities(proxy, datalist, width, blocks, levels, epochs, proxy_epochs)
+    phase1_fid, full_fid = (with_validation_schedule(phase1_fid, val_every),
+                            with_validation_schedule(full_fid, val_every))
 
     tpl = _install_templates(templates_dir(templates, work, algo), work, algo)
-    base = {"cache_dir": str(hpo_dir / "preprocessed_cache"), "num_workers": int(num_workers)}
-    base.update(dict(overrides or {}))
-    trial_timeout = _positive(trial_timeout, "trial_timeout", allow_none=True)
-    runner = AlgoRunner.from_templates(tpl, algo, work, stats, input_file, fold=fold, base_overrides=base,
-                                       timeout_s=trial_timeout)
+    from proxy_bundle.hpo.devices import cpu_count, dataloader_workers, plan_workers, resolve_devices
+    from proxy_bundle.hpo.engine import TwoPhaseSearch
+    from proxy_bundle.hpo.inprocess import InProcessAlgoRunner
+    from proxy_bundle.hpo.runners import _cuda_count
+    from proxy_bundle.hpo.workers import WorkerSpec, run_workers, search_dict
 
+    device_list = resolve_devices(devices, os.environ, _cuda_count())
+    on_gpu = device_list != ["cpu"]
+    packable = not phase1_fid.is_full
+    if not (str(trials_per_device).lower() == "auto"):
+        trials_per_device = _positive(trials_per_device, "trials_per_device", integer=True)
+    timeout = _positive(timeout, "timeout", allow_none=True)
+    probe_s = _positive(probe_s, "probe_s")
+    trial_timeout = _positive(trial_timeout, "trial_timeout", allow_none=True)
+    base = {"cache_dir": str(hpo_dir / "preprocessed_cache")}
+    base.update(dict(overrides or {}))
     name = study_name or f"{algo}-{proxy}"
     url = resolve_url(storage, work)
     config = SearchConfig(study_name=name, space=space, proxy=phase1_fid, full=full_fid, n_trials=n_trials,
                           top_k=top_k, seed=seed, sampler=str(sampler).lower(), pruner=str(pruner).lower(),
                           n_startup_trials=n_startup_trials, out_dir=str(hpo_dir / name), grace_s=float(grace_s),
-                          heartbeat_s=min(10.0, float(grace_s) / 4), progress_bar=bool(progress))
+                          heartbeat_s=min(10.0, float(grace_s) / 4), progress_bar=bool(progress),
+                          deadline=None if timeout is None else time.time() + timeout)
+    # A search that exists with other settings is refused here, before any probe or worker starts.
+    TwoPhaseSearch(config, AlgoRunner.from_templates(tpl, algo, work, stats, input_file, fold=fold,
+                                                     base_overrides=base), url).prepare()
+
+    if str(trials_per_device).lower() == "auto":
+        trials_per_device = 1
+        if on_gpu and packable:
+            trials_per_device = _probe(tpl, algo, work, stats, input_file, fold, base, phase1_fid, device_list[0],
+                                       Path(config.out_dir) / "probe", probe_s)
+    slots = plan_workers(device_list, int(trials_per_device), packable=packable)
+    if "num_workers" not in base:
+        if str(num_workers).lower() == "auto":
+            base["num_workers"] = dataloader_workers(cpu_count(), len(slots), on_gpu)
+        elif isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise InputError(f"must be auto or an integer >= 0, got {num_workers!r}", where="--num_workers")
+        else:
+            base["num_workers"] = int(num_workers)
+    runner_spec = {"templates": str(tpl), "algo": algo, "work_dir": str(work), "datastats": str(stats),
+                   "input_file": str(input_file), "fold": int(fold), "base_overrides": base,
+                   "timeout_s": trial_timeout}
     print(f"hpo: study {name!r} in {mask_url(url)}: {n_trials} trial(s) at {phase1_fid.name}"
-          + (f", then top {top_k} at full fidelity" if config.two_phase else ""))
+          + (f", then top {top_k} at full fidelity" if config.two_phase else "")
+          + f"; {len(slots)} worker(s) on {', '.join(sorted({s.label.rsplit('.', 1)[0] for s in slots}))}"
+          + (f" ({trials_per_device} per GPU)" if on_gpu and packable else ""))
     t0 = time.time()
-    summary = run_search(config, runner, url, proxy_mode=proxy, baseline=baseline, latest_dir=hpo_dir)
+    workers = run_workers(WorkerSpec(url=url, search=search_dict(config), runner=runner_spec), slots,
+                          Path(config.out_dir) / "workers")
+    # Everything is trained by now; this pass collects the result (and trains whatever workers left undone).
+    runner = InProcessAlgoRunner.from_templates(tpl, algo, work, stats, input_file, fold=fold, base_overrides=base,
+                                                timeout_s=trial_timeout)
+    summary = run_search(config, runner, url, proxy_mode=proxy, baseline=baseline, latest_dir=hpo_dir,
+                         extra={"devices": {"workers": workers["workers"], "trials_per_device": int(trials_per_device),
+                                            "devices": device_list, "num_workers": base["num_workers"]}})
     _print_summary(summary, time.time() - t0)
+
+
+def with_validation_schedule(fidelity, val_every: Any):
+    """``fidelity`` with its validation schedule: ``auto`` validates about 5 times per trial when its epochs are
+    known (every ceil(epochs / 5) epochs, and after the last); ``None`` keeps the template's."""
+    import dataclasses
+    import math
+
+    if val_every is None:
+        return fidelity
+    if str(val_every).lower() == "auto":
+        if fidelity.epochs is None:
+            return fidelity
+        return dataclasses.replace(fidelity, val_every=max(1, math.ceil(int(fidelity.epochs) / 5)))
+    return dataclasses.replace(fidelity, val_every=_positive(val_every, "val_every", integer=True))
+
+
+def _probe(tpl: Path, algo: str, work: Path, stats: Path, input_file: Path, fold: int, base: Mapping[str, Any],
+           fidelity: Any, device: str, out: Path, seconds: float) -> int:
+    """Trials per GPU from the packing probe (cached in ``out/probe.json``: a resumed search does not re-probe)."""
+    from proxy_bundle.hpo.devices import WorkerSlot
+    from proxy_bundle.hpo.probe import probe_packing
+    from proxy_bundle.hpo.runners import AlgoRunner
+
+    cached = out / "probe.json"
+    if cached.is_file():
+        return int(json.loads(cached.read_text())["trials_per_device"])
+    runner = AlgoRunner.from_templates(tpl, algo, work, stats, input_file, fold=fold, base_overrides=base)
+    bundle = runner.export({}, fidelity, out / "bundle")
+    print(f"hpo: measuring how many {fidelity.name} trials one GPU runs best at once (about {seconds:g} s each)")
+    summary = probe_packing(bundle.get_output_path(), WorkerSlot(device, 0).env, out, seconds=seconds)
+    ratio = summary.get("throughput_ratio")
+    print(f"hpo: {summary['trials_per_device']} trial(s) per GPU"
+          + (f" ({ratio:.2f}x the steps/s of one)" if ratio else ""))
+    return int(summary["trials_per_device"])
 
 
 def _print_summary(s: Mapping[str, Any], elapsed: float) -> None:

@@ -11,7 +11,7 @@ Any number of workers may run the same search against one storage:
 * phase 2 retrains each planned phase-1 trial (its *source*) once; the plan (the current top-k) is enqueued by
   exactly one worker, whoever creates the plan's lock study (study names are unique in the database);
 * liveness is Optuna's: every running trial has an RDB heartbeat, ``optuna.storages.fail_stale_trials`` fails a
-  trial whose heartbeat is older than the grace period and ``RetryFailedTrialCallback`` re-enqueues it with the same
+  trial whose heartbeat is older than the grace period and ``RetryHeartbeatStaleTrialCallback`` re-enqueues it with the same
   parameters and user attributes (slot, rank, source). Re-running a killed command therefore resumes it: completed
   trials are kept, the interrupted one is retried (from its last checkpoint when the runner supports it), and with
   one worker the sampler sees exactly the history it would have seen.
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import optuna
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from proxy_bundle.atomic import ensure_dir
@@ -53,13 +53,15 @@ __all__ = ["SearchConfig", "SearchOutcome", "TwoPhaseSearch", "phase2_name"]
 log = logging.getLogger("proxy_bundle.hpo")
 # The search drives trials with ask/tell and runs Optuna's own heartbeat thread for each (as Study.optimize does).
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="optuna")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module=__name__)
 
 # user attribute keys
 PHASE, RANK, WORKER, FIDELITY = "phase", "rank", "worker", "fidelity"
 SCORES, WALL, TRIAL_DIR, MODEL, OUTPUT, ERROR = "scores", "wall_s", "trial_dir", "model_path", "output_dir", "error"
 SURPLUS, INTERRUPTED, SOURCE, PROXY_SCORE, PLANNER, PLANNED, CONFIG = (
     "surplus", "interrupted", "source_trial", "proxy_score", "planner", "planned", "config")
-SOURCE_SLOT, STARTED = "source_slot", "started"
+SOURCE_SLOT, STARTED, WORKER_TRIAL = "source_slot", "started", "worker_trial"
 TIMING_KEYS = ("train_s", "val_s", "resumed_from_epoch")
 
 
@@ -160,7 +162,7 @@ def _dead_here(worker: Any, me: str, mine: set[int], number: int) -> bool:
 
 
 def retries_exhausted(trial: FrozenTrial, max_retry: int) -> bool:
-    """Will ``RetryFailedTrialCallback(max_retry)`` not retry this failed trial (its retries are used up)?"""
+    """Will ``RetryHeartbeatStaleTrialCallback(max_retry)`` not retry this failed trial (its retries are used up)?"""
     return len(trial.system_attrs.get("retry_history", [])) + 1 > int(max_retry)
 
 
@@ -171,9 +173,10 @@ class TwoPhaseSearch:
         self.config = config
         self.runner = runner
         self.url = storage_url
-        self.retry = RetryFailedTrialCallback(max_retry=int(config.max_retry))
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=int(config.max_retry))
         self.storage = open_storage(storage_url, heartbeat_interval=max(1, int(round(config.heartbeat_s))),
-                                    grace_period=max(2, int(round(config.grace_s))), failed_trial_callback=self.retry)
+                                    grace_period=max(2, int(round(config.grace_s))),
+                                    heartbeat_stale_trial_callback=self.retry)
         self.me = _worker_id()
         self._mine: set[int] = set()
         self.out_dir = ensure_dir(Path(config.out_dir))
@@ -208,13 +211,16 @@ class TwoPhaseSearch:
     # ---------------------------------------------------------------- liveness
     def _fail_stale(self, study: optuna.Study) -> None:
         """Fail (and retry) RUNNING trials whose worker is gone."""
-        # Optuna: heartbeat older than the grace period -> FAIL, then RetryFailedTrialCallback re-enqueues it.
+        # Optuna: heartbeat older than the grace period -> FAIL, then RetryHeartbeatStaleTrialCallback re-enqueues it.
         optuna.storages.fail_stale_trials(study)
         # What Optuna lacks: it knows no processes. On this host a dead pid means the worker is gone *now*, so a
         # re-run of a killed search (or a supervisor restarting a crashed worker) retries its trial at once instead
         # of a grace period later; and a trial left RUNNING under this very pid (pid reuse) is not ours.
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if not _dead_here(t.user_attrs.get(WORKER), self.me, self._mine, t.number):
+            # A retry inherits the failed trial's attributes, its dead worker's id included: only a worker id
+            # recorded for this very trial counts.
+            if t.user_attrs.get(WORKER_TRIAL) != t._trial_id or \
+                    not _dead_here(t.user_attrs.get(WORKER), self.me, self._mine, t.number):
                 continue
             try:
                 self.storage.set_trial_user_attr(t._trial_id, INTERRUPTED, True)
@@ -238,6 +244,7 @@ class TwoPhaseSearch:
         try:
             with get_heartbeat_thread(trial._trial_id, self.storage):
                 trial.set_user_attr(WORKER, self.me)
+                trial.set_user_attr(WORKER_TRIAL, trial._trial_id)
                 params = suggest(trial, c.space)
                 trial.set_user_attr(PHASE, phase)
                 trial.set_user_attr(FIDELITY, fidelity.to_dict())
@@ -424,6 +431,12 @@ class TwoPhaseSearch:
             time.sleep(c.poll_s)
 
     # ---------------------------------------------------------------- entry point
+    def prepare(self) -> optuna.Study:
+        """Create (or load) the phase-1 study and check that it is this search (:class:`InputError` if not)."""
+        study = self._study(self.config.study_name, phase=1)
+        self._check_fingerprint(study)
+        return study
+
     def run(self) -> SearchOutcome | None:
         """Run this worker until the search is finished (by it and any other workers). Returns ``None`` for a
         worker that does not take part in phase 2 (``config.phase2`` false) once it has nothing left to train."""

@@ -45,6 +45,7 @@ __all__ = [
     "launch_and_poll",
     "progress_timing",
     "read_progress",
+    "resumable_trial_dir",
 ]
 
 ReportFn = Callable[[int, float], bool]
@@ -57,7 +58,9 @@ class Fidelity:
 
     ``datalist``: proxy datalist (path) or ``None`` for the full training data; ``width``/``blocks``/``levels``:
     proxy-network scaling (1, 1, None = the full network); ``epochs``: training epochs (``None`` keeps the
-    template's). ``name`` labels it in results (``proxy-both``, ``full``, ...).
+    template's); ``val_every``: validate every this many epochs and after the last (``None`` keeps the template's).
+    ``name`` labels it in results (``proxy-both``, ``full``, ...). Validation always uses the full run's
+    validation cases, so scores of all fidelities compare.
     """
 
     name: str = "full"
@@ -66,6 +69,7 @@ class Fidelity:
     blocks: float = 1.0
     levels: int | None = None
     epochs: int | None = None
+    val_every: int | None = None
 
     @property
     def proxy_data(self) -> bool:
@@ -90,10 +94,15 @@ class Fidelity:
         }
         if self.epochs is not None:
             out["num_epochs"] = int(self.epochs)
+        if self.val_every is not None:
+            out["num_epochs_per_validation"] = int(self.val_every)
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["val_every"] is None:
+            del out["val_every"]  # searches recorded before validation schedules keep their fingerprint
+        return out
 
 
 @dataclass
@@ -175,6 +184,23 @@ def fresh_trial_dir(trial_dir: str | os.PathLike) -> Path:
     if trial_dir.exists():
         shutil.rmtree(trial_dir)
     ensure_dir(trial_dir)
+    return trial_dir
+
+
+def resumable_trial_dir(trial_dir: str | os.PathLike, ckpt: str = "model") -> Path:
+    """The folder for a trial that may resume: everything but its checkpoint folder (``ckpt``, with ``last.pt``)
+    is removed, so the re-exported bundle is fresh and the training continues from its last epoch (the template
+    checks that ``last.pt`` belongs to the same configuration). Without a ``last.pt`` it is :func:`fresh_trial_dir`."""
+    trial_dir = Path(trial_dir)
+    if not (trial_dir / ckpt / "last.pt").is_file():
+        return fresh_trial_dir(trial_dir)
+    for child in trial_dir.iterdir():
+        if child.name == ckpt:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
     return trial_dir
 
 
@@ -401,7 +427,7 @@ class AlgoRunner:
 
     def run(self, params: Mapping[str, Any], fidelity: Fidelity, trial_dir: str | os.PathLike,
             report: ReportFn) -> TrialResult:
-        trial_dir = fresh_trial_dir(trial_dir)
+        trial_dir = resumable_trial_dir(trial_dir)
         algo = self.export(params, fidelity, trial_dir)
         overrides = self.overrides(params, fidelity, trial_dir)
         env = dict(os.environ)

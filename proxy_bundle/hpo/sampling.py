@@ -30,7 +30,7 @@ SLOT = "slot"
 
 
 def retry_of(trial: FrozenTrial) -> int | None:
-    """The trial this one retries (Optuna's ``RetryFailedTrialCallback`` records the first failed one), or None."""
+    """The trial this one retries (Optuna's ``RetryHeartbeatStaleTrialCallback`` records the first failed one), or None."""
     if RETRY_OF in trial.user_attrs:  # studies written before retries went through Optuna's callback
         return int(trial.user_attrs[RETRY_OF])
     number = trial.system_attrs.get("failed_trial")

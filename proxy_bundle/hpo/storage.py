@@ -62,12 +62,12 @@ def resolve_url(storage: str | None, work_dir: str | os.PathLike) -> str:
 
 
 def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 failed_trial_callback=None):
+                 heartbeat_stale_trial_callback=None):
     """An ``optuna.storages.RDBStorage`` for ``url``; connection failures become a one-line masked error.
 
-    ``heartbeat_interval``/``grace_period`` (seconds) and ``failed_trial_callback`` are Optuna's: a RUNNING trial
-    without a heartbeat for ``grace_period`` is failed by ``optuna.storages.fail_stale_trials`` and handed to the
-    callback (e.g. ``RetryFailedTrialCallback``)."""
+    ``heartbeat_interval``/``grace_period`` (seconds) and ``heartbeat_stale_trial_callback`` are Optuna's: a RUNNING
+    trial without a heartbeat for ``grace_period`` is failed by ``optuna.storages.fail_stale_trials`` and handed to
+    the callback (e.g. ``RetryHeartbeatStaleTrialCallback``)."""
     import optuna
     import sqlalchemy.exc
 
@@ -83,8 +83,11 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
     for attempt in range(6):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                                              grace_period=grace_period, failed_trial_callback=failed_trial_callback)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as err:
+                                              grace_period=grace_period,
+                                              heartbeat_stale_trial_callback=heartbeat_stale_trial_callback)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as err:
+            if isinstance(err, sqlalchemy.exc.OperationalError) and "already exists" not in str(err):
+                return _raise_masked(err, url)
             # Workers starting together on an empty database race to create Optuna's schema; the loser
             # sees a duplicate table/type and simply retries against the now complete schema.
             if attempt == 5:

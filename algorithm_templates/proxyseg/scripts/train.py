@@ -1,11 +1,13 @@
 """Train proxyseg: ``python train.py run --config_file=<configs> [--key=value --key#sub=value ...]``.
 
 After every validation the run rewrites ``<ckpt_path>/progress.yaml`` (one entry per validation: epoch,
-avg_dice_score, best_avg_dice_score, best_epoch, elapsed_s), keeps the best weights in ``model.pt`` and a resumable
-``last.pt``, and logs to TensorBoard under ``ckpt_path``. ``timing.yaml`` records the fixed start-up cost that
+avg_dice_score, best_avg_dice_score, best_epoch, elapsed_s, and the seconds spent training (train_s) and validating
+(val_s) so far), keeps the best weights in ``model.pt`` and, after every epoch, a resumable ``last.pt``; a run
+started again on the same ``ckpt_path`` continues from it. It logs to TensorBoard under ``ckpt_path``. ``timing.yaml`` records the fixed start-up cost that
 trial-overhead benchmarks read: process and script start, imports done, config parsed (MONAI imported), network
 and data loaders built, everything ready (optimiser, TensorBoard), first training step, end.
-Launched by ``BundleAlgo.train`` as a plain process (CPU / one GPU) or under torchrun (several GPUs).
+Launched by ``BundleAlgo.train`` as a plain process (CPU / one GPU) or under torchrun (several GPUs); a long-lived
+search worker calls :func:`train` in its own process instead (MONAI imported once for many trials).
 """
 
 from __future__ import annotations
@@ -199,7 +201,18 @@ def run(config_file: str | Sequence[str], **override: Any) -> None:
     _train(config_file, override)
 
 
-def _train(config_file: str | Sequence[str], override: dict) -> None:
+def train(config_file: str | Sequence[str], override: dict | None = None, on_epoch=None) -> list[dict]:
+    """In-process training (one process, one device) for callers that run many trainings in a row.
+
+    ``on_epoch(epoch, entry)`` runs after every epoch with the new ``progress.yaml`` entry (``None`` when the epoch
+    did not validate); returning ``True`` stops the training there (its ``last.pt`` is kept, so a later call
+    resumes). Returns the validation history.
+    """
+    return _train(config_file, dict(override or {}), on_epoch, cpu_base=time.process_time())
+
+
+def _train(config_file: str | Sequence[str], override: dict, on_epoch=None, cpu_base: float = 0.0) -> list[dict]:
+    """``cpu_base``: process CPU seconds already spent before this training (in a process that trains many)."""
     import torch
 
     pl = load_pipeline()
@@ -259,6 +272,7 @@ def _train(config_file: str | Sequence[str], override: dict) -> None:
     last_file = os.path.join(ckpt_path, "last.pt")
     history: list[dict] = []
     best, best_epoch, start_epoch, elapsed_before = -1.0, -1, 0, 0.0
+    train_s, val_s = 0.0, 0.0
     if cfg.get("resume", True) and os.path.isfile(last_file):
         state = torch.load(last_file, map_location=device, weights_only=False)
         if state.get("signature") == signature:
@@ -271,10 +285,13 @@ def _train(config_file: str | Sequence[str], override: dict) -> None:
             history = list(state["history"])
             best, best_epoch = float(state["best"]), int(state["best_epoch"])
             start_epoch, elapsed_before = int(state["epoch"]), float(state["elapsed_s"])
+            train_s, val_s = float(state.get("train_s", 0.0)), float(state.get("val_s", 0.0))
             if dist_info.main:
                 logger.info("resuming %s at epoch %d (best %.4f at %d)", ckpt_path, start_epoch, best, best_epoch)
         elif dist_info.main:
             logger.info("%s belongs to a different run; starting afresh", last_file)
+    if start_epoch == 0 and dist_info.main and os.path.isfile(os.path.join(ckpt_path, "progress.yaml")):
+        os.remove(os.path.join(ckpt_path, "progress.yaml"))  # another run's history must not be read as ours
 
     if dist_info.enabled:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -304,7 +321,7 @@ def _train(config_file: str | Sequence[str], override: dict) -> None:
         "model_ready": t_model,
         "data_ready": time.time(),
         # Process CPU seconds (all threads): a cost that does not depend on what else the machine runs.
-        "cpu_data_ready": time.process_time(),
+        "cpu_data_ready": time.process_time() - cpu_base,
         "device": device.type,
         "first_step": None,
         "end": None,
@@ -325,7 +342,10 @@ def _train(config_file: str | Sequence[str], override: dict) -> None:
         "sw_overlap": float(cfg["sw_overlap"]),
     }
 
+    resumed_from = start_epoch
+    stop = False
     for epoch in range(start_epoch, num_epochs):
+        t_epoch = time.time()
         if train_sampler is not None:
             train_sampler.set_epoch(epoch)
         model.train()
@@ -349,29 +369,20 @@ def _train(config_file: str | Sequence[str], override: dict) -> None:
             writer.add_scalar("train/loss", epoch_loss / max(steps, 1), epoch + 1)
             writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], epoch + 1)
 
-        if (epoch + 1) % every and epoch + 1 != num_epochs:
-            continue
-        dice = _validate(model, val_loader, cfg, device, use_amp)
-        if not math.isfinite(dice):
-            dice = 0.0
-        elapsed = elapsed_before + time.time() - t_run
-        if dice > best:
-            best, best_epoch = dice, epoch + 1
-            if dist_info.main:
-                _atomic_save(
-                    {"state_dict": raw_model.state_dict(), "network": record, "epoch": epoch + 1, "best_metric": best},
-                    os.path.join(ckpt_path, "model.pt"),
-                )
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "avg_dice_score": round(dice, 6),
-                "best_avg_dice_score": round(best, 6),
-                "best_epoch": best_epoch,
-                "elapsed_s": round(elapsed, 3),
-                "cpu_s": round(time.process_time(), 3),
-            }
-        )
+        train_s += time.time() - t_epoch
+        entry = None
+        if (epoch + 1) % every == 0 or epoch + 1 == num_epochs:
+            entry, best, best_epoch, val_s = _validate_epoch(
+                model, raw_model, val_loader, cfg, device, use_amp, epoch, best, best_epoch, val_s, record,
+                dist_info, ckpt_path)
+            entry.update(elapsed_s=round(elapsed_before + time.time() - t_run, 3), train_s=round(train_s, 3),
+                         val_s=round(val_s, 3), resumed_from_epoch=resumed_from,
+                         cpu_s=round(time.process_time() - cpu_base, 3))
+            history.append(entry)
+            if writer is not None:
+                writer.add_scalar("val/avg_dice", entry["avg_dice_score"], epoch + 1)
+                logger.info("epoch %d/%d loss %.4f dice %.4f best %.4f (epoch %d)", epoch + 1, num_epochs,
+                            epoch_loss / max(steps, 1), entry["avg_dice_score"], best, best_epoch)
         if dist_info.main:
             _atomic_save(
                 {
@@ -383,25 +394,50 @@ def _train(config_file: str | Sequence[str], override: dict) -> None:
                     "best": best,
                     "best_epoch": best_epoch,
                     "epoch": epoch + 1,
-                    "elapsed_s": elapsed,
+                    "elapsed_s": elapsed_before + time.time() - t_run,
+                    "train_s": train_s,
+                    "val_s": val_s,
                     "signature": signature,
                 },
                 last_file,
             )
-            # progress.yaml last: a reader that sees an entry can rely on model.pt / last.pt matching it.
-            _write_yaml(os.path.join(ckpt_path, "progress.yaml"), history)
-            writer.add_scalar("val/avg_dice", dice, epoch + 1)
-            logger.info("epoch %d/%d loss %.4f dice %.4f best %.4f (epoch %d)", epoch + 1, num_epochs,
-                        epoch_loss / max(steps, 1), dice, best, best_epoch)
+            if entry is not None:
+                # progress.yaml last: a reader that sees an entry can rely on model.pt / last.pt matching it.
+                _write_yaml(os.path.join(ckpt_path, "progress.yaml"), history)
+        if on_epoch is not None and on_epoch(epoch + 1, entry):
+            stop = True
+            break
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     timing["end"] = time.time()
-    timing["cpu_end"] = time.process_time()
+    timing["cpu_end"] = time.process_time() - cpu_base
+    timing["train_s"], timing["val_s"], timing["stopped_early"] = train_s, val_s, stop
     if dist_info.main:
         writer.close()
         _write_yaml(os.path.join(ckpt_path, "timing.yaml"), timing)
     dist_info.close()
+    return history
+
+
+def _validate_epoch(model, raw_model, val_loader, cfg, device, use_amp, epoch, best, best_epoch, val_s, record,
+                    dist_info, ckpt_path):
+    """Validate after ``epoch`` (0-based), keep the best weights; returns (entry, best, best_epoch, val_s)."""
+    t_val = time.time()
+    dice = _validate(model, val_loader, cfg, device, use_amp)
+    if not math.isfinite(dice):
+        dice = 0.0
+    if dice > best:
+        best, best_epoch = dice, epoch + 1
+        if dist_info.main:
+            _atomic_save(
+                {"state_dict": raw_model.state_dict(), "network": record, "epoch": epoch + 1, "best_metric": best},
+                os.path.join(ckpt_path, "model.pt"),
+            )
+    val_s += time.time() - t_val
+    entry = {"epoch": epoch + 1, "avg_dice_score": round(dice, 6), "best_avg_dice_score": round(best, 6),
+             "best_epoch": best_epoch}
+    return entry, best, best_epoch, val_s
 
 
 def _main() -> None:
