@@ -52,12 +52,22 @@ def _save_state(work: Path, state: dict[str, Any]) -> None:
 
 
 def prepare(args: argparse.Namespace, work: Path) -> Path:
-    """The phantom dataset (once; same seed for every part)."""
+    """The phantom dataset and its data analysis with the proxy-data selection (once, untimed: both searches
+    start from the same analysed dataset, as an Auto3DSeg run does after its DataAnalyzer step)."""
+    from proxy_bundle.atomic import write_yaml
+    from proxy_bundle.hpo.command import ensure_analysis, load_input
     from proxy_bundle.phantoms.generate import generate_dataset
 
     data = work / "data"
     if not (data / "datalist.json").is_file():
         generate_dataset(args.task, data, num_cases=args.cases, num_external=0, size=args.size, seed=args.seed)
+    w = work / "work"
+    w.mkdir(parents=True, exist_ok=True)
+    cfg = load_input(str(data), w)
+    if not (w / "input.yaml").is_file():
+        write_yaml(w / "input.yaml", cfg)
+    ensure_analysis(w / "input.yaml", cfg, w, fraction=args.data_fraction, fold=0, seed=args.seed, metric="mi",
+                    mode="roi", strategy="representative", progress=False)
     return data
 
 

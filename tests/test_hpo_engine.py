@@ -204,7 +204,10 @@ def test_changed_settings_are_refused_and_a_finished_search_is_extended_without_
     with pytest.raises(InputError, match="different settings \\(seed\\)"):
         TwoPhaseSearch(dataclasses.replace(config(str(tmp_path / "a"), n_trials=2, top_k=1), seed=8), runner,
                        url).run()
+    assert TwoPhaseSearch(config(str(tmp_path / "a"), n_trials=2, top_k=1), runner, url).finished()
+    assert not TwoPhaseSearch(config(str(tmp_path / "a"), n_trials=2, top_k=2), runner, url).finished()
     # More trials and a larger top-k: only the new slot and configurations without a full-fidelity result train.
+    assert not TwoPhaseSearch(config(str(tmp_path / "a"), n_trials=3, top_k=2), runner, url).finished()
     more = TwoPhaseSearch(config(str(tmp_path / "a"), n_trials=3, top_k=2), runner, url).run()
     lines = log.read_text().splitlines()
     assert [sum(f"/phase1/slot000{i}/" in line for line in lines) for i in range(3)] == [1, 1, 1]

@@ -363,12 +363,14 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
                           heartbeat_s=min(10.0, float(grace_s) / 4), progress_bar=bool(progress),
                           deadline=None if timeout is None else time.time() + timeout)
     # A search that exists with other settings is refused here, before any probe or worker starts.
-    TwoPhaseSearch(config, AlgoRunner.from_templates(tpl, algo, work, stats, input_file, fold=fold,
-                                                     base_overrides=base), url).prepare()
+    checker = TwoPhaseSearch(config, AlgoRunner.from_templates(tpl, algo, work, stats, input_file, fold=fold,
+                                                               base_overrides=base), url)
+    checker.prepare()
+    todo = not checker.finished()
 
     if str(trials_per_device).lower() == "auto":
         trials_per_device = 1
-        if on_gpu and packable:
+        if on_gpu and packable and todo:
             trials_per_device = _probe(tpl, algo, work, stats, input_file, fold, base, phase1_fid, device_list[0],
                                        Path(config.out_dir) / "probe", probe_s)
     slots = plan_workers(device_list, int(trials_per_device), packable=packable)
@@ -387,8 +389,10 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
           + f"; {len(slots)} worker(s) on {', '.join(sorted({s.label.rsplit('.', 1)[0] for s in slots}))}"
           + (f" ({trials_per_device} per GPU)" if on_gpu and packable else ""))
     t0 = time.time()
-    workers = run_workers(WorkerSpec(url=url, search=search_dict(config), runner=runner_spec), slots,
-                          Path(config.out_dir) / "workers")
+    workers = {"workers": []}
+    if todo:  # a finished search (re-run to report) starts no worker
+        workers = run_workers(WorkerSpec(url=url, search=search_dict(config), runner=runner_spec), slots,
+                              Path(config.out_dir) / "workers")
     # Everything is trained by now; this pass collects the result (and trains whatever workers left undone).
     runner = InProcessAlgoRunner.from_templates(tpl, algo, work, stats, input_file, fold=fold, base_overrides=base,
                                                 timeout_s=trial_timeout)

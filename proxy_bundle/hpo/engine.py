@@ -437,6 +437,32 @@ class TwoPhaseSearch:
         self._check_fingerprint(study)
         return study
 
+    def finished(self) -> bool:
+        """Is there nothing left to train (every slot done or out of time, the current top-k retrained)?"""
+        c = self.config
+        study = self._study(c.study_name, phase=1)
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
+            return False
+        by_slot = self._phase1_slots(trials)
+        if sum(1 for s in range(c.n_trials) if self._slot_done(by_slot.get(s, []))) < c.n_trials and \
+                not self._out_of_time():
+            return False
+        if not c.two_phase:
+            return True
+        try:
+            plan = [t.number for t in self._top_k(study.get_trials(deepcopy=True))]
+            study2 = optuna.load_study(study_name=phase2_name(c.study_name), storage=self.storage)
+        except (InputError, KeyError):
+            return False
+        if study2.user_attrs.get(PLANNED) != plan:
+            return False
+        by_source: dict[int, list[FrozenTrial]] = {}
+        for t in study2.get_trials(deepcopy=False):
+            if SOURCE in t.user_attrs and not t.user_attrs.get(SURPLUS):
+                by_source.setdefault(int(t.user_attrs[SOURCE]), []).append(t)
+        return all(self._slot_done(by_source.get(s, [])) for s in plan)
+
     def run(self) -> SearchOutcome | None:
         """Run this worker until the search is finished (by it and any other workers). Returns ``None`` for a
         worker that does not take part in phase 2 (``config.phase2`` false) once it has nothing left to train."""
