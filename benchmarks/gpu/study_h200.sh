@@ -14,9 +14,11 @@
 # Full report from the committed table (any machine, no training):
 #   python -m proxy_bundle study <the options below> --table docs/study_results/spleen_ct/h200/table.jsonl \
 #       --work_dir W --train False
+# SIZE, ROI, FILTERS, CASES, EXTERNAL, EPOCHS and K override the sizes (a dry run on CPU: SIZE=24 ROI=16 ...).
 set -euo pipefail
 TASK=${1:-spleen_ct}
 MINUTES=${2:-6}
+[[ "$MINUTES" =~ ^[1-9][0-9]*$ ]] || { echo "error: $MINUTES: MINUTES must be whole minutes" >&2; exit 2; }
 case "$TASK" in spleen_ct|prostate_mr) ;; *) echo "error: $TASK: task must be spleen_ct or prostate_mr" >&2; exit 2;; esac
 OUT_DIR=${OUT:-/tmp/study_h200_out}/$TASK
 WORK=${STUDY_WORK:-/tmp/study_h200}/$TASK
@@ -26,7 +28,8 @@ if [ -f "$COMMITTED" ]; then cp "$COMMITTED" "$WORK/table.jsonl"; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT_DIR/gpu.txt" 2>/dev/null || true
 # One trial per device keeps device-time costs load-independent; 4 CPU threads for its data pipeline.
 timeout $((MINUTES * 60 + 150)) python3 -m proxy_bundle study --task "$TASK" --work_dir "$WORK" --table "$WORK/table.jsonl" \
-    --size 96 --roi 64 --init_filters 32 --num_cases 32 --num_external 8 --epochs 12 --n_configs 24 \
+    --size "${SIZE:-96}" --roi "${ROI:-64}" --init_filters "${FILTERS:-32}" --num_cases "${CASES:-32}" \
+    --num_external "${EXTERNAL:-8}" --epochs "${EPOCHS:-12}" --n_configs "${K:-24}" \
     --n_jobs 1 --threads 4 --max_minutes "$MINUTES" --replay_seeds 20 --bootstrap 0 --progress False \
     2>&1 | grep -v -e "Warning" -e "warn(" | tail -n 40 || true
 for f in table.jsonl results.json report.md fig_regret_vs_cost.png fig_agreement.png invocations.json; do
