@@ -177,3 +177,19 @@ def test_table_export_import_resume_and_extend(tmp_path):
     table.write_text(table.read_text() + '{"config_id": "c09", "vari')  # torn last line
     assert RunStore(tmp_path / "c").import_table(table) == 3
     assert RunStore(tmp_path / "d").import_table(tmp_path / "missing.jsonl") == 0
+
+
+def test_vectorised_rank_correlations_equal_scipy():
+    from scipy import stats
+
+    from proxy_bundle.study.agreement import _tau_b_rho
+
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 5, size=(30, 9)).astype(float)  # ties on purpose
+    y = x + rng.integers(0, 3, size=(30, 9))
+    tau, rho = _tau_b_rho(x, y)
+    for i in range(30):
+        if np.ptp(x[i]) == 0 or np.ptp(y[i]) == 0:
+            continue
+        assert tau[i] == pytest.approx(stats.kendalltau(x[i], y[i]).statistic)
+        assert rho[i] == pytest.approx(stats.spearmanr(x[i], y[i]).statistic)

@@ -146,7 +146,7 @@ def analyse(
             s: agreement_ci(
                 {c: float(rows[v.name][c].get(f"{s}_dice", math.nan)) for c in ids},
                 {c: float(rows["reference"][c].get(f"{s}_dice", math.nan)) for c in ids},
-                k=k, n_boot=max(bootstrap, 1000) if bootstrap else 0, rng=rng)
+                k=k, n_boot=max(bootstrap, 2000) if bootstrap else 0, rng=rng)
             for s in SETS
         }
     if "repeat" in out["agreement"]:
@@ -156,7 +156,7 @@ def analyse(
     grid = fractions_grid()
     for m in methods(variants, eta):
         band = bootstrap_regret(m, table, grid, seeds=replay_seeds, bootstrap=bootstrap,
-                                inner_seeds=max(1, replay_seeds // 20), rng=rng)
+                                inner_seeds=2, rng=rng)
         out["replay"][m.name] = {
             "kind": m.kind, "proxy": m.proxy, "top_k": m.top_k,
             "fractions": [float(f) for f in grid],
