@@ -193,3 +193,23 @@ def test_vectorised_rank_correlations_equal_scipy():
             continue
         assert tau[i] == pytest.approx(stats.kendalltau(x[i], y[i]).statistic)
         assert rho[i] == pytest.approx(stats.spearmanr(x[i], y[i]).statistic)
+
+
+def test_template_hash_ignores_the_proxy_block_only(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from proxy_bundle.study.prepare import template_hash
+
+    src = Path(__file__).resolve().parents[1] / "algorithm_templates" / "proxyseg"
+    t = tmp_path / "proxyseg"
+    shutil.copytree(src, t, ignore=shutil.ignore_patterns("__pycache__"))
+    before = template_hash(t)
+    cfg = t / "configs" / "hyper_parameters.yaml"
+    cfg.write_text(cfg.read_text().replace("proxy:\n  enabled: false", "proxy:\n  enabled: true  # note"))
+    assert template_hash(t) == before  # every study run sets the proxy block itself
+    cfg.write_text(cfg.read_text().replace("amp: true", "amp: false"))
+    assert template_hash(t) != before
+    after = template_hash(t)
+    (t / "scripts" / "train.py").write_text((t / "scripts" / "train.py").read_text() + "\n# changed\n")
+    assert template_hash(t) != after

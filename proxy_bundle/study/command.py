@@ -133,6 +133,7 @@ def study(
         ensure_analysis,
         ensure_phantoms,
         ensure_subsets,
+        template_hash,
     )
     from proxy_bundle.study.report import hardware, hardware_summary, write_report
 
@@ -187,7 +188,7 @@ def study(
                                                       data.dataroot / "phantom_meta.json") if p.is_file())),
                "fold": int(fold), "init_filters": int(init_filters), "val_every": int(val_every),
                "roi": int(roi) if roi is not None else None, "selection_mode": mode,
-               "template": content_hash(Path(templates_dir) / ALGO, patterns=("*.py", "*.yaml", "*.json"))}
+               "template": template_hash(Path(templates_dir) / ALGO)}
 
     store = RunStore(w / "runs")
     table_file = Path(table).resolve() if table else w / "table.jsonl"

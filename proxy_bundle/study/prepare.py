@@ -136,3 +136,28 @@ def content_hash(*paths: str | Path, patterns: tuple[str, ...] = ("*",)) -> str:
             h.update(str(f.relative_to(root) if f != root else f.name).encode())
             h.update(hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()[:16]
+
+
+def template_hash(template_dir: str | Path) -> str:
+    """Content hash of an algorithm template as far as it decides a study run's result.
+
+    The scripts (``*.py``) and the parsed configuration files, without their ``proxy`` block: every study run
+    sets that block through its fidelity, so changing the template's own proxy defaults (or a comment) keeps
+    a committed table valid, while any change to training code or to another setting starts a new table.
+    """
+    import hashlib
+
+    import yaml
+
+    root = Path(template_dir)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        rel = str(f.relative_to(root))
+        if f.suffix == ".py":
+            h.update(rel.encode() + hashlib.sha256(f.read_bytes()).digest())
+        elif f.suffix in (".yaml", ".yml", ".json"):
+            cfg = yaml.safe_load(f.read_text())
+            if isinstance(cfg, dict):
+                cfg.pop("proxy", None)
+            h.update(rel.encode() + json.dumps(cfg, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
