@@ -48,6 +48,8 @@ __all__ = [
     "dataset_problems",
     "declared_labels",
     "gate",
+    "gate_cases",
+    "input_fingerprint",
     "load_datalist",
     "load_decathlon",
     "read_json",
@@ -65,6 +67,9 @@ _DECATHLON_KEYS = ("name", "modality", "labels", "numTraining", "training")
 SECTIONS = ("training", "validation", "testing")
 #: Keys of one datalist entry that the tools read.
 ENTRY_KEYS = ("image", "label", "fold")
+#: Keys of Decathlon ``dataset.json`` files (and common extras) that are not misspellings of the keys above.
+_OTHER_KEYS = frozenset({"numTraining", "numTest", "test", "name", "description", "modality", "labels",
+                         "tensorImageSize", "reference", "licence", "license", "release", "channel_names"})
 #: How many problems ``validate`` lists before it stops looking.
 MAX_PROBLEMS = 20
 
@@ -133,13 +138,13 @@ def _near_miss(key: str, known: Sequence[str]) -> str | None:
     Unknown keys are allowed (datalists carry extra fields such as a case id); only a near miss of a key the
     tools read is an error, because the intended key is then silently missing.
     """
-    if key in known:
+    if key in known or key in _OTHER_KEYS:
         return None
     norm = re.sub(r"[^a-z]", "", str(key).lower())
     for k in known:
         if norm == k:
             return k
-    close = difflib.get_close_matches(norm, list(known), n=1, cutoff=0.8)
+    close = [k for k in difflib.get_close_matches(norm, list(known), n=3, cutoff=0.8) if abs(len(k) - len(norm)) <= 2]
     return close[0] if close else None
 
 
@@ -507,11 +512,11 @@ def _check_geometry(img: Any, affine: np.ndarray, what: str, case: str) -> None:
     """
     header = img.header
     if "pixdim" in header:
-        pixdim = np.asarray(header["pixdim"][1:4], dtype=np.float64)
+        pixdim = np.asarray(header["pixdim"][1:4])
         ndim = int(header["dim"][0])
         pixdim = pixdim[: max(1, min(3, ndim))]
         if not np.isfinite(pixdim).all() or (pixdim <= 0).any():
-            shown = ", ".join(_fmt(np.float64(v)) for v in pixdim)
+            shown = ", ".join(_fmt(v) for v in pixdim)
             raise InputError(f"{what} has voxel spacing ({shown}) in its header; spacing must be finite and > 0 mm",
                              where=case)
     if not np.isfinite(affine).all():
@@ -556,7 +561,8 @@ def _spatial(data: np.ndarray, what: str, case: str, channels: int) -> tuple[tup
     if len(core) == 4 and channels > 1 and core[3] == channels:
         return core[:3], channels  # type: ignore[return-value]
     expected = "3D" if channels == 1 else f"3D or 4D with {channels} channels"
-    raise InputError(f"{what} is {len(shape)}D with shape {shape}, expected {expected}", where=case)
+    why = " (2D data are not supported: the networks are 3D)" if len(core) < 3 else ""
+    raise InputError(f"{what} is {len(shape)}D with shape {shape}, expected {expected}{why}", where=case)
 
 
 def _normalise_labels(labels: Iterable[int] | int | str | None) -> set[int] | None:
@@ -964,6 +970,50 @@ def gate(
                                    "cases": len(info.cases)}) + "\n")
         os.replace(tmp, record)
     return info
+
+
+def gate_cases(
+    items: Sequence[dict],
+    *,
+    labels: Iterable[int] | None = None,
+    channels: int = 1,
+    require_foreground: bool = False,
+    where: str = "datalist",
+    record_dir: str | os.PathLike | None = None,
+) -> None:
+    """:func:`gate` for cases already resolved to files (``{"image": path or [paths], "label": path}``), as a
+    training or inference script holds them: every case, then the label set (``0..K-1``, see
+    :func:`check_label_set`; ``where`` names the list in that message). With ``record_dir``, a passed check is
+    recorded and not repeated for the same files.
+
+    Raises:
+        InputError: the first problem found.
+    """
+    record = fp = None
+    if record_dir is not None:
+        fp = input_fingerprint({"training": [dict(i) for i in items]}, "/", labels=None if labels is None
+                               else sorted(int(v) for v in labels), channels=channels,
+                               require_foreground=require_foreground)
+        record = Path(record_dir) / f"validated-{fp[:24]}.json"
+        if record.is_file():
+            return
+    found: set[int] = set()
+    any_label = False
+    for item in items:
+        image = item["image"]
+        files = [image] if isinstance(image, (str, os.PathLike)) else list(image)
+        info = check_case(files[0] if len(files) == 1 else files, item.get("label"), labels=labels,
+                          require_foreground=require_foreground, case=os.fspath(files[0]), channels=channels)
+        if info.label_values is not None:
+            any_label = True
+            found.update(info.label_values)
+    if any_label:
+        check_label_set(found, None, where)
+    if record is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"fingerprint": fp, "cases": len(items)}) + "\n")
+        os.replace(tmp, record)
 
 
 def validate(

@@ -41,9 +41,10 @@ def load_input(input: str | os.PathLike | Mapping | None, work_dir: str | os.Pat
     """The data source config (``dataroot``, ``datalist``, ``modality``, ...) with absolute paths.
 
     ``input``: an ``input.yaml``/JSON file, a dict, a dataset folder (MSD layout with ``datalist.json``), or
-    ``None`` to reuse ``W/input.yaml`` from an earlier run. The datalist is checked before anything runs.
+    ``None`` to reuse ``W/input.yaml`` from an earlier run (its ``source_datalist``, the user's file, is read
+    again). The data themselves are checked by :func:`proxy_bundle.inputs.prepare_source`.
     """
-    from proxy_bundle.validation import load_datalist
+    from proxy_bundle.inputs import FINGERPRINT_KEY
 
     work = Path(work_dir)
     where = "--input"
@@ -68,12 +69,16 @@ def load_input(input: str | os.PathLike | Mapping | None, work_dir: str | os.Pat
             base = path.parent
         else:
             raise InputError("input file or dataset folder not found", where=where)
+    if cfg.get("source_datalist"):  # written by an earlier run: the fold-form copy is derived again
+        cfg["datalist"] = cfg.pop("source_datalist")
+    cfg.pop(FINGERPRINT_KEY, None)
     missing = [k for k in ("dataroot", "datalist", "modality") if not cfg.get(k)]
     if missing:
         raise InputError(f"missing key(s) {missing} (need dataroot, datalist, modality)", where=where)
     cfg["dataroot"] = _existing(cfg["dataroot"], base)
     cfg["datalist"] = _existing(cfg["datalist"], base)
-    load_datalist(cfg["datalist"], cfg["dataroot"])
+    if not Path(cfg["datalist"]).is_file():
+        raise InputError("datalist file not found", where=cfg["datalist"])
     return cfg
 
 
@@ -101,11 +106,17 @@ def _call_with_accepted(fn: Any, **kwargs: Any) -> Any:
 
 
 def ensure_analysis(input_file: Path, cfg: Mapping, work_dir: Path, *, fraction: float, fold: int, seed: int,
-                    metric: str, mode: str, strategy: str, progress: bool = True) -> Path:
-    """``W/datastats.yaml``, made by the ``analyze`` command (DataAnalyzer + proxy selection) when missing."""
+                    metric: str, mode: str, strategy: str, progress: bool = True,
+                    fingerprint: str | None = None) -> Path:
+    """``W/datastats.yaml``, made by the ``analyze`` command (DataAnalyzer + proxy selection) unless it exists
+    and was made from the same input (``fingerprint``, see :mod:`proxy_bundle.inputs`)."""
+    from proxy_bundle.inputs import datastats_fingerprint
+
     stats = work_dir / "datastats.yaml"
-    if stats.is_file():
+    if stats.is_file() and (fingerprint is None or datastats_fingerprint(stats) == fingerprint):
         return stats
+    if stats.is_file():
+        print(f"hpo: {stats} was made from other input data: analysing again")
     from proxy_bundle.cli import COMMANDS, load_command
 
     analyze = None
@@ -115,10 +126,11 @@ def ensure_analysis(input_file: Path, cfg: Mapping, work_dir: Path, *, fraction:
         except ImportError:
             analyze = None
     if analyze is not None:
-        print(f"hpo: {stats} missing: running the data analysis (analyze)")
+        if not stats.is_file():
+            print(f"hpo: {stats} missing: running the data analysis (analyze)")
         _call_with_accepted(analyze, input=str(input_file), work_dir=str(work_dir), data_fraction=fraction,
                             fold=fold, seed=seed, similarity=metric, mode=mode, strategy=strategy,
-                            progress=progress)
+                            progress=progress, reanalyze=stats.is_file())
     else:
         from monai.apps.auto3dseg import DataAnalyzer
 
@@ -131,7 +143,7 @@ def ensure_analysis(input_file: Path, cfg: Mapping, work_dir: Path, *, fraction:
 
 
 def proxy_datalist(cfg: Mapping, work_dir: Path, datastats: Path, *, fraction: float, fold: int, seed: int,
-                   metric: str, mode: str, strategy: str) -> str:
+                   metric: str, mode: str, strategy: str, fingerprint: str | None = None) -> str:
     """The proxy datalist: the analysis' own (``proxy_data`` in datastats) when it has this fraction, else a
     selection made now (and kept in ``W/hpo/proxy_data`` for later runs)."""
     try:
@@ -142,18 +154,21 @@ def proxy_datalist(cfg: Mapping, work_dir: Path, datastats: Path, *, fraction: f
         path = Path(str(section["datalist"]))
         if not path.is_absolute():
             path = datastats.parent / path
-        wanted = {"fraction": fraction, "metric": metric, "mode": mode, "strategy": strategy}
+        wanted = {"fraction": fraction, "metric": metric, "mode": mode, "strategy": strategy, "fold": fold}
         same = all(section.get(k) in (None, v) for k, v in wanted.items())
         if path.is_file() and same:
             return str(path.resolve())
-    out = ensure_dir(work_dir / "hpo" / "proxy_data") / f"proxy_{metric}_{mode}_{strategy}_f{fraction:g}_fold{fold}.json"
+    # Keyed to the input: a selection made from other data is never picked up.
+    key = f"_{fingerprint[:12]}" if fingerprint else ""
+    out = ensure_dir(work_dir / "hpo" / "proxy_data") / f"proxy_{metric}_{mode}_{strategy}_f{fraction:g}_fold{fold}{key}.json"
     if out.is_file():
         return str(out.resolve())
     from proxy_bundle.selection.subset import run_selection, write_selection
 
     print(f"hpo: selecting a {fraction:g} proxy subset ({metric}, {mode}, {strategy})")
     selection = run_selection(cfg["datalist"], cfg["dataroot"], fraction=fraction, metric=metric, mode=mode,
-                              strategy=strategy, seed=seed, fold=fold, modality=cfg.get("modality"), progress=False)
+                              strategy=strategy, seed=seed, fold=fold, modality=cfg.get("modality"), progress=False,
+                              gate_input=False)
     write_selection(selection, out)
     return str(out.resolve())
 
@@ -316,9 +331,15 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
     from proxy_bundle.hpo.space import load_space
 
     space = load_space(search_space)
-    work = ensure_dir(Path(work_dir).resolve())
+    from proxy_bundle.inputs import FINGERPRINT_KEY, prepare_source
+
+    work = Path(work_dir).resolve()
+    if work.exists() and not work.is_dir():
+        raise InputError("output directory is an existing file", where=str(work))
+    # The gate: every case is checked before any work and before anything but the gate's record is written.
+    source = prepare_source(load_input(input, work), work, progress=bool(progress))
+    cfg = {**source.config, FINGERPRINT_KEY: source.fingerprint}
     hpo_dir = ensure_dir(work / "hpo")
-    cfg = load_input(input, work)
     input_file = work / "input.yaml"
     if not input_file.is_file() or (yaml.safe_load(input_file.read_text()) or {}) != cfg:
         write_yaml(input_file, cfg)
@@ -329,11 +350,11 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
     from proxy_bundle.hpo.storage import mask_url, resolve_url
 
     stats = ensure_analysis(input_file, cfg, work, fraction=data_fraction, fold=fold, seed=seed, metric=similarity,
-                            mode=mode, strategy=strategy, progress=bool(progress))
+                            mode=mode, strategy=strategy, progress=bool(progress), fingerprint=source.fingerprint)
     datalist = None
     if proxy in ("data", "both"):
         datalist = proxy_datalist(cfg, work, stats, fraction=data_fraction, fold=fold, seed=seed, metric=similarity,
-                                  mode=mode, strategy=strategy)
+                                  mode=mode, strategy=strategy, fingerprint=source.fingerprint)
     phase1_fid, full_fid = build_fidelities(proxy, datalist, width, blocks, levels, epochs, proxy_epochs)
     phase1_fid, full_fid = (with_validation_schedule(phase1_fid, val_every),
                             with_validation_schedule(full_fid, val_every))
@@ -357,6 +378,9 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
     base.update(dict(overrides or {}))
     name = study_name or f"{algo}-{proxy}"
     url = resolve_url(storage, work)
+    from proxy_bundle.hpo.inputs import check_study_input
+
+    check_study_input(url, name, source.fingerprint)
     config = SearchConfig(study_name=name, space=space, proxy=phase1_fid, full=full_fid, n_trials=n_trials,
                           top_k=top_k, seed=seed, sampler=str(sampler).lower(), pruner=str(pruner).lower(),
                           n_startup_trials=n_startup_trials, out_dir=str(hpo_dir / name), grace_s=float(grace_s),

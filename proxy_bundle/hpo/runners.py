@@ -17,6 +17,7 @@ import copy
 import ctypes
 import math
 import os
+import re
 import signal
 import shutil
 import subprocess
@@ -169,6 +170,28 @@ def _kill_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
         proc.wait()
 
 
+_ERROR_LINE = re.compile(r"^(error:|[\w.]*(Error|Exception|Interrupt)\b|Killed)")
+
+
+def last_error_line(path: str | os.PathLike) -> str | None:
+    """The cause of a failed trial as one line: the last line of its log that reads as an error
+    (``error: <where>: <problem>`` from the templates, or the exception line of a traceback), else the log's
+    last non-empty line; ``None`` when the log is missing or empty."""
+    try:
+        lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if _ERROR_LINE.match(line):
+            return line[:500]
+    return lines[-1][:500] if lines else None
+
+
+def _cause(path: Path) -> str:
+    line = last_error_line(path)
+    return f": {line}" if line else ""
+
+
 def _tail(path: Path, n: int = 25) -> str:
     try:
         lines = path.read_text(errors="replace").splitlines()
@@ -258,7 +281,7 @@ def launch_and_poll(cmd: Sequence[str], progress_file: str | os.PathLike, report
             # Pruned, interrupted (KeyboardInterrupt/SIGTERM) or an engine error: never leave training behind.
             _kill_group(proc)
     if timed_out:
-        raise TrialFailed(f"training killed after the {timeout_s:g} s trial time limit; log {log_path}:\n"
+        raise TrialFailed(f"training killed after the {timeout_s:g} s trial time limit (log {log_path})\n"
                           f"{_tail(log_path)}")
     if not pruned:
         pruned = drain()
@@ -266,7 +289,8 @@ def launch_and_poll(cmd: Sequence[str], progress_file: str | os.PathLike, report
     history = read_progress(progress)
     scores = sorted(reported.items())
     if not pruned and proc.returncode != 0:
-        raise TrialFailed(f"training exited with code {proc.returncode}; log {log_path}:\n{_tail(log_path)}")
+        raise TrialFailed(f"training exited with code {proc.returncode}{_cause(log_path)} (log {log_path})\n"
+                          f"{_tail(log_path)}")
     best = None
     if history:
         try:
@@ -276,8 +300,8 @@ def launch_and_poll(cmd: Sequence[str], progress_file: str | os.PathLike, report
     elif scores:
         best = max(s for _, s in scores)
     if best is None and not pruned:
-        raise TrialFailed(f"training finished without any validation in {progress}; log {log_path}:\n"
-                          f"{_tail(log_path)}")
+        raise TrialFailed(f"training finished without any validation in {progress}{_cause(log_path)} "
+                          f"(log {log_path})\n{_tail(log_path)}")
     if best is not None and not math.isfinite(best):
         best = None
     return TrialResult(score=best, scores=scores, pruned=pruned, wall_s=wall, timing=progress_timing(history))

@@ -165,41 +165,94 @@ def _normpath(p: Any) -> str:
     return os.path.normcase(os.path.abspath(os.path.normpath(str(p))))
 
 
-def _analysis_matches(datastats: Path, by_case: Path, images: set[str]) -> bool:
-    """True when an existing DataAnalyzer output covers exactly these training images (resume)."""
-    if not (datastats.is_file() and by_case.is_file()):
-        return False
-    try:
-        stats = _load_yaml(datastats)
-        cases = _load_yaml(by_case).get("stats_by_cases", [])
-    except InputError:
-        return False
-    if not isinstance(stats, dict) or "stats_summary" not in stats:
-        return False
-    found = {_normpath(c.get(_IMAGE_PATH)) for c in cases if isinstance(c, dict)}
-    return found == images
+def _expected_images(datalist: Path, dataroot: Path) -> dict[str, str]:
+    """{normalised image path: image as listed} for the training entries DataAnalyzer reads."""
+    from proxy_bundle.validation import read_json, resolve
+
+    out = {}
+    for e in read_json(datalist).get("training", []):
+        image = e["image"][0] if isinstance(e["image"], list) else e["image"]
+        out[_normpath(resolve(image, dataroot))] = str(image)
+    return out
 
 
-def _run_data_analyzer(datalist: Path, dataroot: Path, work_dir: Path, device: str, workers: int) -> None:
-    """MONAI's DataAnalyzer as AutoRunner runs it, written to a temporary folder and moved into place, so an
-    interrupted analysis never leaves a half-written datastats.yaml behind."""
+class _Skipped:
+    """Collects DataAnalyzer's "Unable to process data <file>" log lines: it skips such a case and goes on."""
+
+    def __init__(self) -> None:
+        import logging
+
+        self.messages: list[str] = []
+        self.logger = logging.getLogger("monai.apps.auto3dseg.data_analyzer")
+        outer = self
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                text = record.getMessage()
+                if text.startswith("Unable to process data"):
+                    outer.messages.append(" ".join(text.split()))
+
+        self.handler = Handler(level=logging.INFO)
+
+    def __enter__(self) -> "_Skipped":
+        import logging
+
+        self.level = self.logger.level
+        self.logger.addHandler(self.handler)
+        if self.logger.getEffectiveLevel() > logging.INFO:
+            self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+
+
+def _run_data_analyzer(datalist: Path, dataroot: Path, work_dir: Path, device: str, workers: int) -> Path:
+    """MONAI's DataAnalyzer as AutoRunner runs it, written to a new temporary folder in ``work_dir`` (returned).
+
+    The caller moves the files into place only when everything after the analysis succeeded too, so a failed
+    or interrupted analysis never leaves a ``datastats.yaml`` that a later run (or AutoRunner) takes for done.
+
+    Raises:
+        InputError: DataAnalyzer skipped a case (it logs the error and goes on, which would silently analyse
+            fewer cases than AutoRunner trains on).
+    """
     from monai.apps.auto3dseg import DataAnalyzer
 
+    expected = _expected_images(datalist, dataroot)
     tmp = Path(tempfile.mkdtemp(prefix=".datastats.", dir=work_dir))
     try:
-        DataAnalyzer(str(datalist), str(dataroot), output_path=str(tmp / "datastats.yaml"), do_ccp=False,
-                     device=device, worker=workers).get_all_case_stats()
-        # by-case first: datastats.yaml is what marks a finished analysis.
-        os.replace(tmp / "datastats_by_case.yaml", work_dir / "datastats_by_case.yaml")
-        os.replace(tmp / "datastats.yaml", work_dir / "datastats.yaml")
-    finally:
+        with _Skipped() as skipped:
+            DataAnalyzer(str(datalist), str(dataroot), output_path=str(tmp / "datastats.yaml"), do_ccp=False,
+                         device=device, worker=workers).get_all_case_stats()
+        cases = _load_yaml(tmp / "datastats_by_case.yaml").get("stats_by_cases", []) or []
+        found = {_normpath(c.get(_IMAGE_PATH)) for c in cases if isinstance(c, dict)}
+        missing = [v for k, v in expected.items() if k not in found]
+        if missing:
+            why = next((m for m in skipped.messages if os.path.basename(missing[0]) in m), None)
+            raise InputError(
+                f"MONAI's DataAnalyzer could not analyse this case ({len(missing)} of {len(expected)} cases "
+                f"skipped{': ' + why[:300] if why else ''})",
+                where=missing[0],
+            )
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def _install(tmp: Path, work_dir: Path) -> None:
+    """Move a finished analysis into place: by-case first, because datastats.yaml marks a finished analysis."""
+    os.replace(tmp / "datastats_by_case.yaml", work_dir / "datastats_by_case.yaml")
+    os.replace(tmp / "datastats.yaml", work_dir / "datastats.yaml")
 
 
 def merge_proxy_data(datastats: str | os.PathLike, by_case: str | os.PathLike, section: dict,
-                     per_case: dict[str, dict]) -> None:
+                     per_case: dict[str, dict], fingerprint: str | None = None) -> None:
     """Add ``section`` as ``proxy_data`` to ``datastats`` and ``per_case[image path]`` to the matching cases of
-    ``by_case`` (cases not listed get ``{"candidate": False}``); both files are rewritten atomically."""
+    ``by_case`` (cases not listed get ``{"candidate": False}``); both files are rewritten atomically.
+    ``fingerprint`` (the input fingerprint the analysis was made from) is recorded as ``input_fingerprint``."""
     from proxy_bundle.atomic import write_yaml
 
     ds_path, bc_path = Path(datastats), Path(by_case)
@@ -212,6 +265,10 @@ def merge_proxy_data(datastats: str | os.PathLike, by_case: str | os.PathLike, s
         if isinstance(case, dict):
             case[SECTION] = lookup.get(_normpath(case.get(_IMAGE_PATH)), {"candidate": False})
     stats[SECTION] = section
+    if fingerprint is not None:
+        from proxy_bundle.inputs import FINGERPRINT_KEY
+
+        stats[FINGERPRINT_KEY] = fingerprint
     write_yaml(bc_path, _plain(cases_doc))
     write_yaml(ds_path, _plain(stats))
 
@@ -227,6 +284,22 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def _unmark_cache(work_dir: Path) -> None:
+    """Clear AutoRunner's "analysis done" mark (``cache.yaml``) while a new analysis is made."""
+    from proxy_bundle.atomic import write_yaml
+
+    cache_path = work_dir / "cache.yaml"
+    if not cache_path.is_file():
+        return
+    try:
+        loaded = _load_yaml(cache_path)
+    except InputError:
+        loaded = None
+    if isinstance(loaded, dict) and loaded.get("analyze"):
+        loaded.update(analyze=False, datastats=None)
+        write_yaml(cache_path, loaded)
 
 
 def _mark_cache(work_dir: Path, datastats: Path) -> None:
@@ -270,8 +343,11 @@ def analyze(
 ) -> None:
     """Auto3DSeg data analysis plus proxy-data selection, merged into ``WORK_DIR/datastats.yaml``.
 
-    Runs MONAI's ``DataAnalyzer`` (unmodified, as ``AutoRunner`` does) unless ``WORK_DIR`` already holds its output
-    for the same training images (``--reanalyze`` forces a new run), then selects a proxy subset exactly like the
+    Checks every case first (the validation gate: nothing is written for bad data), puts the datalist in the
+    fold form AutoRunner trains on (``WORK_DIR/datalist.json``: a ``validation`` list becomes fold 0, so the same
+    cases are analysed as by AutoRunner), runs MONAI's ``DataAnalyzer`` (unmodified) unless ``WORK_DIR`` already
+    holds its output for the same input fingerprint (datalist, files, modality; ``--reanalyze`` forces a new run;
+    output made from other inputs is deleted first), then selects a proxy subset exactly like the
     ``select`` command and adds a ``proxy_data`` section to ``datastats.yaml`` (metric, mode, strategy, selected
     case ids, score statistics, ``datalist``: the proxy datalist) and per-case scores to
     ``datastats_by_case.yaml``. ``AutoRunner(work_dir=WORK_DIR, analyze=False, ...)`` runs on the result.
@@ -300,11 +376,14 @@ def analyze(
         progress: show progress bars.
     """
     from proxy_bundle.atomic import ensure_dir
-    from proxy_bundle.selection.subset import brief_list, run_selection, write_selection
-    from proxy_bundle.validation import load_datalist, resolve
+    from proxy_bundle.inputs import datastats_fingerprint, prepare_source
+    from proxy_bundle.selection.subset import brief_list, check_options, run_selection, write_selection
+    from proxy_bundle.validation import resolve
 
     if data_fraction is None and count is None:
         data_fraction = 0.25
+    check_options(fraction=data_fraction, count=count, metric=similarity, mode=mode, strategy=strategy, grid=grid,
+                  bins=bins, seed=seed, workers=num_workers, spacing=spacing, window=window, percentiles=percentiles)
     cfg_path = Path(input)
     if not cfg_path.is_file():
         raise InputError("input config not found", where=str(cfg_path))
@@ -318,64 +397,80 @@ def analyze(
     dataroot = _source_path(src["dataroot"], "dataroot", cfg_path)
     if not dataroot.is_dir():
         raise InputError("dataroot is not a directory", where=str(dataroot))
-    data = load_datalist(datalist, dataroot)
+    if Path(work_dir).exists() and not Path(work_dir).is_dir():
+        raise InputError("output directory is an existing file", where=str(work_dir))
+    # The gate: nothing is written unless every case passes.
+    source = prepare_source({**src, "datalist": str(datalist.resolve()), "dataroot": str(dataroot.resolve())},
+                            work_dir, progress=progress)
     work = ensure_dir(work_dir)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
 
-    images = set()
-    for e in data["training"]:
-        image = e["image"][0] if isinstance(e["image"], list) else e["image"]
-        images.add(_normpath(resolve(image, dataroot)))
     datastats, by_case = work / "datastats.yaml", work / "datastats_by_case.yaml"
-    if reanalyze or not _analysis_matches(datastats, by_case, images):
-        print(f"running MONAI DataAnalyzer on {len(images)} training cases")
-        _run_data_analyzer(datalist, dataroot, work, dev, int(num_workers))
+    tmp: Path | None = None
+    if reanalyze or not (by_case.is_file() and datastats_fingerprint(datastats) == source.fingerprint):
+        # Whatever stands there was made from other inputs (or never finished): it must not outlive this run.
+        for stale in (datastats, by_case):
+            stale.unlink(missing_ok=True)
+        _unmark_cache(work)
+        print(f"running MONAI DataAnalyzer on {source.n_training} training cases")
+        tmp = _run_data_analyzer(source.datalist, dataroot, work, dev, int(num_workers))
     else:
-        print(f"reusing {datastats} (DataAnalyzer output for the same training cases)")
+        print(f"reusing {datastats} (DataAnalyzer output for the same input)")
 
-    selection = run_selection(
-        datalist, dataroot, fraction=data_fraction, count=count, metric=similarity, mode=mode, strategy=strategy,
-        grid=grid, bins=bins, seed=seed, fold=fold, modality=src["modality"], spacing=spacing, window=window,
-        percentiles=percentiles, margin=margin, device=device, workers=num_workers, progress=progress,
-    )
-    out_path, scores_path = write_selection(selection, out if out is not None else work / "proxy_datalist.json")
-    doc = selection.scores
-    prov, summ = doc["provenance"], doc["summary"]
-    section = {
-        "metric": prov["metric"],
-        "mode": prov["mode"],
-        "strategy": prov["strategy"],
-        "fraction": prov["fraction"],
-        "count": prov["count"],
-        "seed": prov["seed"],
-        "n_candidates": summ["n_candidates"],
-        "n_selected": summ["n_selected"],
-        "selected": list(summ["selected"]),
-        "score_stats": summ["score_stats"],
-        "selected_score_stats": summ["selected_score_stats"],
-        "fallback_cases": summ["fallback_cases"],
-        "validation": prov["validation"],
-        "datalist": str(Path(out_path).resolve()),
-        "scores_file": str(Path(scores_path).resolve()),
-        "source_datalist": prov["datalist"],
-        "source_datalist_sha256": prov["datalist_sha256"],
-        "grid": prov["grid"],
-        "bins": prov["bins"],
-        "spacing": prov["spacing"],
-        "modality": prov["modality"],
-    }
-    per_case = {}
-    for row in doc["cases"]:
-        image = row["image"][0] if isinstance(row["image"], list) else row["image"]
-        per_case[str(resolve(image, dataroot))] = {
-            "candidate": True,
-            "id": row["id"],
-            "score": row["score"],
-            "rank": row["rank"],
-            "selected": row["selected"],
-            "mode_used": row["mode_used"],
+    try:
+        selection = run_selection(
+            source.datalist, dataroot, fraction=data_fraction, count=count, metric=similarity, mode=mode, strategy=strategy,
+            grid=grid, bins=bins, seed=seed, fold=fold, modality=src["modality"], spacing=spacing, window=window,
+            percentiles=percentiles, margin=margin, device=device, workers=num_workers, progress=progress,
+            gate_input=False,
+        )
+        selection.scores["provenance"]["input_fingerprint"] = source.fingerprint
+        out_path, scores_path = write_selection(selection, out if out is not None else work / "proxy_datalist.json")
+        doc = selection.scores
+        prov, summ = doc["provenance"], doc["summary"]
+        section = {
+            "metric": prov["metric"],
+            "mode": prov["mode"],
+            "strategy": prov["strategy"],
+            "fraction": prov["fraction"],
+            "count": prov["count"],
+            "seed": prov["seed"],
+            "fold": fold,
+            "n_candidates": summ["n_candidates"],
+            "n_selected": summ["n_selected"],
+            "selected": list(summ["selected"]),
+            "score_stats": summ["score_stats"],
+            "selected_score_stats": summ["selected_score_stats"],
+            "fallback_cases": summ["fallback_cases"],
+            "validation": prov["validation"],
+            "datalist": str(Path(out_path).resolve()),
+            "scores_file": str(Path(scores_path).resolve()),
+            "source_datalist": str(datalist.resolve()),
+            "source_datalist_sha256": prov["datalist_sha256"],
+            "grid": prov["grid"],
+            "bins": prov["bins"],
+            "spacing": prov["spacing"],
+            "modality": prov["modality"],
         }
-    merge_proxy_data(datastats, by_case, section, per_case)
+        per_case = {}
+        for row in doc["cases"]:
+            image = row["image"][0] if isinstance(row["image"], list) else row["image"]
+            per_case[str(resolve(image, dataroot))] = {
+                "candidate": True,
+                "id": row["id"],
+                "score": row["score"],
+                "rank": row["rank"],
+                "selected": row["selected"],
+                "mode_used": row["mode_used"],
+            }
+        target = tmp if tmp is not None else work
+        merge_proxy_data(target / "datastats.yaml", target / "datastats_by_case.yaml", section, per_case,
+                         fingerprint=source.fingerprint)
+        if tmp is not None:
+            _install(tmp, work)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     _mark_cache(work, datastats)
     print(f"selected {summ['n_selected']} of {summ['n_candidates']} candidates ({similarity}, {mode}, {strategy}): "
           f"{brief_list(summ['selected'])}")

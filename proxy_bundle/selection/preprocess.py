@@ -156,12 +156,15 @@ def header_spacing(image: str | os.PathLike | Sequence[str | os.PathLike]) -> tu
 
 
 def common_spacing(images: Iterable[str | os.PathLike | Sequence[str | os.PathLike]]) -> tuple[float, float, float]:
-    """Per-axis median voxel size over the given images (headers only), rounded to 0.01 mm."""
+    """Per-axis median voxel size over the given images (headers only), to 6 significant digits.
+
+    Significant digits, not decimals: float32 header noise (1.5000001) goes, and 0.001 mm data keep their size.
+    """
     spacings = np.array([header_spacing(im) for im in images], dtype=np.float64)
     if spacings.size == 0:
         raise InputError("no images to take a spacing from", where="spacing")
-    med = np.round(np.median(spacings, axis=0), 2)
-    return float(med[0]), float(med[1]), float(med[2])
+    med = [float(f"{v:.6g}") for v in np.median(spacings, axis=0)]
+    return med[0], med[1], med[2]
 
 
 def load_transform(with_label: bool):

@@ -125,6 +125,39 @@ def _int_option(value: Any, name: str, low: int, high: int) -> int:
     return int(value)
 
 
+def check_options(*, fraction: Any, count: Any, metric: str, mode: str, strategy: str, grid: Any, bins: Any,
+                  seed: Any, workers: Any, spacing: Any, window: Any, percentiles: Any) -> tuple:
+    """Check the selection options (no file read, no torch import).
+
+    Returns:
+        ``(grid, bins, seed, workers, spacing, window, percentiles)`` normalised.
+
+    Raises:
+        InputError: naming the option.
+    """
+    from proxy_bundle.selection import strategies as st
+
+    if metric not in METRICS:
+        raise InputError(f"unknown metric {metric!r} (use one of {', '.join(METRICS)})", where="metric")
+    if strategy not in st.STRATEGIES:
+        raise InputError(f"unknown strategy {strategy!r} (use one of {', '.join(st.STRATEGIES)})", where="strategy")
+    if mode not in ("roi", "image"):
+        raise InputError(f"unknown mode {mode!r} (use roi or image)", where="mode")
+    if (fraction is None) == (count is None):
+        raise InputError("give exactly one of --fraction or --count", where="size")
+    if fraction is not None:
+        st.subset_size(1, fraction=fraction)  # range check before any file is read
+    return (
+        _int_option(grid, "grid", 4, 512),
+        _int_option(bins, "bins", 2, 256),
+        _int_option(seed, "seed", 0, 2**63 - 1),
+        _int_option(workers, "workers", 0, 256),
+        _triple(spacing, "spacing"),
+        _pair(window, "window"),
+        _pair(percentiles, "percentiles"),
+    )
+
+
 def _partition(data: dict, fold: int | None, where: str) -> tuple[list[int], list[int], dict[str, Any]]:
     """(candidate indices, validation-fold indices, description) for the datalist's ``training`` entries."""
     training = data["training"]
@@ -229,15 +262,20 @@ def run_selection(
     device: str | None = None,
     workers: int = 0,
     progress: bool = True,
+    gate_input: bool = True,
 ) -> Selection:
     """Score the candidate cases of ``datalist`` and select a proxy subset (nothing is written; see :func:`select`).
 
     Returns a :class:`Selection` whose ``scores`` document holds, per candidate, its id, image, fold, score (mean
     similarity to the other candidates), rank, whether it was selected and the mode actually used; the candidates'
     similarity matrix; and the provenance (all settings and the sha256 of the datalist file).
+
+    ``gate_input=False`` skips the validation gate (:func:`proxy_bundle.validation.gate`) for callers that have
+    just run it on the same datalist.
     """
     from proxy_bundle.selection import strategies as st
 
+<<<<<<< HEAD
     # option errors first: they are cheap, need no file and no torch import
     if metric not in METRICS:
         raise InputError(f"unknown metric {metric!r} (use one of {', '.join(METRICS)})", where="--similarity")
@@ -256,12 +294,20 @@ def run_selection(
     spacing_t = _triple(spacing, "spacing")
     window_t = _pair(window, "window")
     percentiles_t = _pair(percentiles, "percentiles")
+=======
+    grid, bins, seed, workers, spacing_t, window_t, percentiles_t = check_options(
+        fraction=fraction, count=count, metric=metric, mode=mode, strategy=strategy, grid=grid, bins=bins,
+        seed=seed, workers=workers, spacing=spacing, window=window, percentiles=percentiles)
+>>>>>>> d90fcfe (Every command runs the validation gate before any work; AutoRunner datalist forms; runs keyed to an input fingerprint; trial failure cause on the console)
 
     from proxy_bundle.selection.preprocess import PreprocessConfig, common_spacing, iter_case_features
     from proxy_bundle.selection.similarity import mean_similarity, pairwise_similarity, quantize, torch_threads
-    from proxy_bundle.validation import load_datalist, resolve
+    from proxy_bundle.validation import gate, load_datalist, resolve
 
     path = Path(datalist)
+    if gate_input:
+        # Every case is read and checked before any work (and before anything is written).
+        gate(path, dataroot, require_labels=False, require_foreground=False)
     data = load_datalist(path, dataroot, require_labels=False)
     root = Path(dataroot) if dataroot is not None else path.parent
     cand, val, validation = _partition(data, fold, str(path))
@@ -340,6 +386,8 @@ def run_selection(
     selected_entries = _contiguous_folds(validation.get("fold"), selected_entries)
     proxy = copy.deepcopy(data)
     proxy["training"] = [copy.deepcopy(training[i]) for i in val] + copy.deepcopy(selected_entries)
+    if "numTraining" in proxy:  # a Decathlon dataset.json: keep it valid (numTraining == len(training))
+        proxy["numTraining"] = len(proxy["training"])
 
     order = [ids[int(c)] for c in chosen]
     case_rows = []

@@ -137,6 +137,10 @@ def study(
     )
     from proxy_bundle.study.report import hardware, hardware_summary, write_report
 
+    from proxy_bundle.study.prepare import gate_dataset
+
+    if dataset is not None:  # the gate runs before anything is written
+        gate_dataset(Path(dataset), Path(work_dir).resolve() / "analysis" / ".validated")
     w = ensure_dir(Path(work_dir).resolve())
     plan = build_variants(
         epochs=int(epochs), fraction=float(data_fraction), proxy_data=_names(proxy_data, "proxy_data"),

@@ -45,17 +45,29 @@ def ensure_phantoms(task: str, out: Path, num_cases: int, num_external: int, siz
     return Path(generate_dataset(task, out, num_cases=num_cases, num_external=num_external, size=size, seed=seed))
 
 
-def dataset_paths(dataroot: Path, analysis_dir: Path) -> StudyData:
-    """Check an MSD-layout dataset (datalist.json with folds, external.json, dataset.json) and name its parts."""
+def gate_dataset(dataroot: Path, record_dir: Path | None = None) -> None:
+    """The validation gate for a study's dataset: the three files exist, ``datalist.json`` has folds, and every
+    case of it and of ``external.json`` passes :func:`proxy_bundle.validation.gate` (a passed check is
+    recorded in ``record_dir`` and not repeated for the same files)."""
     dataroot = Path(dataroot).resolve()
     for name in ("datalist.json", "external.json", "dataset.json"):
         if not (dataroot / name).is_file():
             raise InputError(f"{name} not found (a study needs datalist.json with folds, external.json and "
                              "dataset.json; see the phantoms command)", where=str(dataroot))
-    from proxy_bundle.validation import load_datalist, read_json
+    from proxy_bundle.validation import gate, load_datalist
+
+    load_datalist(dataroot / "datalist.json", dataroot, require_folds=True, check_files=False)
+    for name in ("datalist.json", "external.json"):
+        gate(dataroot / name, dataroot, record_dir=record_dir)
+
+
+def dataset_paths(dataroot: Path, analysis_dir: Path) -> StudyData:
+    """Check an MSD-layout dataset (datalist.json with folds, external.json, dataset.json) and name its parts."""
+    dataroot = Path(dataroot).resolve()
+    gate_dataset(dataroot, Path(analysis_dir) / ".validated")
+    from proxy_bundle.validation import read_json
 
     ds = read_json(dataroot / "dataset.json")
-    load_datalist(dataroot / "datalist.json", dataroot, require_folds=True)
     modality = str(next(iter((ds.get("modality") or {"0": "CT"}).values()), "CT"))
     modality = _MODALITY.get(modality.lower(), "MRI")
     analysis_dir = ensure_dir(Path(analysis_dir).resolve())
@@ -108,8 +120,10 @@ def ensure_subsets(data: StudyData, out_dir: Path, keys: Mapping[str, Mapping[st
 
 
 def _mtime(path: Path) -> dict[str, Any]:
-    st = Path(path).stat()
-    return {"datalist_size": st.st_size, "datalist_mtime_ns": st.st_mtime_ns}
+    # Keyed to the input: the datalist's content and every listed file's size and time.
+    from proxy_bundle.validation import input_fingerprint
+
+    return {"input_fingerprint": input_fingerprint(path, Path(path).parent)}
 
 
 def _read(path: Path) -> Any:

@@ -70,8 +70,13 @@ class InferClass:
         from monai.inferers import sliding_window_inference
         from monai.transforms import Invertd
 
+        from proxy_bundle.validation import check_case
+
         item = dict(image_file) if isinstance(image_file, dict) else {"image": image_file}
-        data = self.pre({"image": item["image"]})
+        image_in = item["image"]
+        check_case(image_in, channels=int(self.record["preprocessing"].get("input_channels", 1)),
+                   case=os.fspath(image_in if isinstance(image_in, (str, os.PathLike)) else image_in[0]))
+        data = self.pre({"image": image_in})
         image = data["image"]
         with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=self.use_amp):
             logits = sliding_window_inference(
@@ -116,13 +121,21 @@ def run(
         items = json.load(fh).get(data_list_key, [])
     if not items:
         raise pl.ConfigError(f"{datalist}: no '{data_list_key}' entries to segment")
+    images = []
+    for item in items:
+        image = item["image"] if isinstance(item, dict) else item
+        images.append(os.path.join(base_dir, image) if isinstance(image, str)
+                      else [os.path.join(base_dir, i) for i in image])
+    from proxy_bundle.validation import gate_cases
+
+    # Every image is checked before the first prediction is written.
+    gate_cases([{"image": im} for im in images],
+               channels=int(infer.record["preprocessing"].get("input_channels", 1)), where=str(datalist))
     out = output_dir or os.path.join(str(parser.get_parsed_content("bundle_root")), f"prediction_{data_list_key}")
     saver = SaveImage(
         output_dir=out, output_postfix="seg", separate_folder=False, print_log=False, output_dtype="uint8"
     )
-    for item in items:
-        image = item["image"] if isinstance(item, dict) else item
-        image = os.path.join(base_dir, image) if isinstance(image, str) else [os.path.join(base_dir, i) for i in image]
+    for image in images:
         prob = infer.infer(image)
         saver(torch.argmax(prob, dim=0, keepdim=True).to(torch.uint8))
     print(f"proxyseg: {len(items)} prediction(s) written to {out}")

@@ -105,17 +105,19 @@ def split_datalists(cfg: Mapping[str, Any]) -> tuple[list[dict], list[dict]]:
     """Training and validation items (absolute ``image``/``label`` paths only).
 
     Validation is always the ``fold`` of the full datalist, so full and proxy runs are scored on the same cases.
-    With ``proxy.enabled`` and ``proxy.datalist`` set, training is the proxy list's ``training`` entries; a proxy case
-    that belongs to the validation fold is dropped so that no validation case is ever trained on.
+    A datalist without folds is read as AutoRunner reads it (a ``validation`` list is fold 0, see
+    ``proxy_bundle.validation.auto3dseg_folds``). With ``proxy.enabled`` and ``proxy.datalist`` set, training is
+    the proxy list's ``training`` entries; a proxy case that belongs to the validation fold is dropped so that no
+    validation case is ever trained on.
     """
+    from proxy_bundle.validation import auto3dseg_folds
+
     base_dir = str(cfg["data_file_base_dir"])
     full_path = str(cfg["data_list_file_path"])
-    full = _read_json(full_path, "datalist")
+    full = auto3dseg_folds(_read_json(full_path, "datalist"))
     fold = int(cfg["fold"])
     train, val = [], []
     for i, entry in enumerate(full["training"]):
-        if "fold" not in entry:
-            raise ConfigError(f"{full_path}: training entry {i} has no 'fold'")
         (val if int(entry["fold"]) == fold else train).append(_resolve(entry, base_dir, full_path, i))
     if not val:
         raise ConfigError(f"{full_path}: no training entry has fold {fold}, so there is nothing to validate on")

@@ -222,6 +222,13 @@ def _train(config_file: str | Sequence[str], override: dict, on_epoch=None, cpu_
     parser = pl.load_config(config_file, override)
     cfg = pl.settings(parser)
     t_config = time.time()  # MONAI is imported by now
+    # The validation gate, before any process group, file or network: one line and exit code 2 for bad data.
+    train_items, val_items = pl.split_datalists(cfg)
+    from proxy_bundle.validation import gate_cases
+
+    gate_cases(train_items + val_items, labels=range(int(cfg["output_classes"])),
+               channels=int(cfg["input_channels"]), where=str(cfg["data_list_file_path"]),
+               record_dir=os.path.join(os.path.abspath(str(cfg["cache_dir"])), ".validated"))
     dist_info = _Dist()
     device = dist_info.device
     ckpt_path = str(cfg["ckpt_path"])
@@ -238,7 +245,6 @@ def _train(config_file: str | Sequence[str], override: dict, on_epoch=None, cpu_
     else:
         torch.backends.cudnn.benchmark = True
 
-    train_items, val_items = pl.split_datalists(cfg)
     net_name, net_kwargs = pl.network_spec(cfg)
     pl.check_roi(cfg["roi_size"], pl.network_levels(net_kwargs))
     model = pl.build_network(net_name, net_kwargs).to(device)
