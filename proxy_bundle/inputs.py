@@ -65,7 +65,8 @@ def prepare_source(cfg: Mapping[str, Any], work_dir: str | os.PathLike, *, progr
     src = dict(cfg)
     source_datalist = Path(str(src.get("source_datalist") or src["datalist"]))
     dataroot = Path(str(src["dataroot"]))
-    gate(source_datalist, dataroot, record_dir=work / ".validated", progress=progress)
+    # Empty labels are allowed, as in AutoRunner (`validate` reports them).
+    gate(source_datalist, dataroot, require_foreground=False, record_dir=work / ".validated", progress=progress)
     data = load_datalist(source_datalist, dataroot)
     num_fold = src.get("num_fold", 5)  # AutoRunner's input key for folds it has to deal itself
     try:

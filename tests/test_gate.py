@@ -472,3 +472,112 @@ def test_subprocess_one_line_and_exit_2(tmp_path):
         "error: imagesTr/case_001.nii.gz: label has non-integer values (e.g. 0.9882 in float32); labels must be "
         "integer class ids: round them and save the label as an integer type (e.g. uint8)"]
     assert not (tmp_path / "p.json").exists()
+
+
+def _bundle(root: Path, tmp: Path) -> Path:
+    """The proxyseg template exported for fold 0 of the dataset at ``root`` (Auto3DSeg's way: datastats first)."""
+    from monai.apps.auto3dseg import DataAnalyzer
+
+    stats = tmp / "datastats.yaml"
+    DataAnalyzer(str(root / "datalist.json"), str(root), output_path=str(stats), device="cpu",
+                 worker=0).get_all_case_stats()
+    templates = REPO / "algorithm_templates"
+    if str(templates) not in sys.path:
+        sys.path.insert(0, str(templates))
+    from proxyseg.scripts import algo as algo_module
+
+    algo = algo_module.ProxysegAlgo(str(templates))
+    algo.name = "proxyseg"
+    algo.set_data_stats(str(stats))
+    algo.set_data_source(str(input_yaml(root, tmp / "input.yaml")))
+    algo.export_to_disk(str(tmp / "algos"), "proxyseg_0", fold=0)
+    return tmp / "algos" / "proxyseg_0"
+
+
+def test_template_train_refuses_bad_data_with_one_last_line(tmp_path):
+    root = tmp_path / "data"
+    make_dataset(root, form="validation")
+    bundle = _bundle(root, tmp_path)
+    lab = _label()
+    lab[lab == 1] = 2  # datastats said 2 classes (0, 1): this case has a class the network does not have
+    _save(root / "labelsTr" / "case_003.nii.gz", lab)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, str(bundle / "scripts" / "train.py"), "run",
+                           f"--config_file={bundle / 'configs' / 'hyper_parameters.yaml'}"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (f"error: {root / 'imagesTr' / 'case_003.nii.gz'}: label values [2] are outside the declared "
+                    "labels [0, 1]")
+    assert "Traceback" not in proc.stderr
+    assert not (bundle / "model").exists()  # nothing written: no checkpoint folder
+
+
+def test_last_error_line_of_a_trial_log(tmp_path):
+    from proxy_bundle.hpo.runners import last_error_line
+
+    log = tmp_path / "train.log"
+    log.write_text("2026 proxyseg INFO starting\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+                   "RuntimeError: CUDA out of memory\n\n")
+    assert last_error_line(log) == "RuntimeError: CUDA out of memory"
+    log.write_text("loading\nerror: imagesTr/a.nii.gz: label has negative values (e.g. -1)\n")
+    assert last_error_line(log) == "error: imagesTr/a.nii.gz: label has negative values (e.g. -1)"
+    log.write_text("just a line\n")
+    assert last_error_line(log) == "just a line"
+    assert last_error_line(tmp_path / "missing.log") is None
+
+
+def test_study_is_keyed_to_its_input(tmp_path, capsys):
+    import optuna
+
+    from proxy_bundle.errors import InputError
+    from proxy_bundle.hpo.inputs import INPUT_ATTR, check_study_input
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    check_study_input(url, "s", "aaa")
+    study = optuna.load_study(study_name="s", storage=url)
+    assert study.user_attrs[INPUT_ATTR] == "aaa"
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    check_study_input(url, "s", "aaa")  # same input: resumed as it is
+    assert len(optuna.load_study(study_name="s", storage=url).trials) == 1
+    check_study_input(url, "s", "bbb")  # changed input, nothing finished: starts afresh
+    study = optuna.load_study(study_name="s", storage=url)
+    assert study.trials == [] and study.user_attrs[INPUT_ATTR] == "bbb"
+    assert "starting it afresh" in capsys.readouterr().out
+    study.tell(study.ask(), 0.5)
+    with pytest.raises(InputError, match=r"^study 's': this study holds 1 finished trial\(s\) made from other input"):
+        check_study_input(url, "s", "ccc")
+
+
+def test_hpo_end_to_end_on_a_validation_list_datalist(tmp_path, capsys, monkeypatch):
+    """A datalist with a ``validation`` list and no folds (as AutoRunner accepts) runs the whole search."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    root = tmp_path / "data"
+    make_dataset(root, form="validation")
+    work = tmp_path / "w"
+    tiny = {"roi_size": [16, 16, 16], "batch_size": 1, "network#init_filters": 4, "num_workers": 0,
+            "sw_batch_size": 1}
+    code, out, err = cli(["hpo", "--input", root, "--work_dir", work, "--n_trials", "1", "--top_k", "1",
+                          "--proxy", "data", "--data_fraction", "0.5", "--epochs", "1", "--overrides",
+                          json.dumps(tiny), "--progress", "False"], capsys)
+    assert code == 0, err
+    res = json.loads((work / "hpo" / "results.json").read_text())
+    assert [t["state"] for t in res["trials"]] == ["COMPLETE", "COMPLETE"]
+    folds = json.loads((work / "datalist.json").read_text())["training"]
+    val = sorted(e["image"] for e in folds if e["fold"] == 0)
+    assert val == ["imagesTr/case_000.nii.gz", "imagesTr/case_001.nii.gz"]  # the validation list
+    stats = yaml.safe_load((work / "datastats.yaml").read_text())
+    assert stats["stats_summary"]["n_cases"] == 6  # training + validation, as AutoRunner analyses
+    proxy = json.loads(Path(stats["proxy_data"]["datalist"]).read_text())
+    assert [e for e in proxy["training"] if e["fold"] == 0] == [e for e in folds if e["fold"] == 0]
+    # The same cases are validated at both fidelities.
+    assert "best score" in out
+    # A re-run after the data changed (a fixed label) re-analyses and keeps the finished study out of reach.
+    _save(root / "labelsTr" / "case_004.nii.gz", _label())
+    os.utime(root / "labelsTr" / "case_004.nii.gz", ns=(7, 7))
+    code, out, err = cli(["hpo", "--input", root, "--work_dir", work, "--n_trials", "1", "--top_k", "1",
+                          "--proxy", "data", "--data_fraction", "0.5", "--epochs", "1", "--overrides",
+                          json.dumps(tiny), "--progress", "False"], capsys)
+    assert code == 2 and err.splitlines()[-1].startswith("error: study 'proxyseg-data': this study holds 2 finished")

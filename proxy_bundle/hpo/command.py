@@ -349,6 +349,10 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
     from proxy_bundle.hpo.runners import AlgoRunner
     from proxy_bundle.hpo.storage import mask_url, resolve_url
 
+    # A search made from other input data is restarted or refused before anything is recomputed.
+    from proxy_bundle.hpo.inputs import check_study_input
+
+    check_study_input(resolve_url(storage, work), study_name or f"{algo}-{proxy}", source.fingerprint)
     stats = ensure_analysis(input_file, cfg, work, fraction=data_fraction, fold=fold, seed=seed, metric=similarity,
                             mode=mode, strategy=strategy, progress=bool(progress), fingerprint=source.fingerprint)
     datalist = None
@@ -378,9 +382,6 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
     base.update(dict(overrides or {}))
     name = study_name or f"{algo}-{proxy}"
     url = resolve_url(storage, work)
-    from proxy_bundle.hpo.inputs import check_study_input
-
-    check_study_input(url, name, source.fingerprint)
     config = SearchConfig(study_name=name, space=space, proxy=phase1_fid, full=full_fid, n_trials=n_trials,
                           top_k=top_k, seed=seed, sampler=str(sampler).lower(), pruner=str(pruner).lower(),
                           n_startup_trials=n_startup_trials, out_dir=str(hpo_dir / name), grace_s=float(grace_s),

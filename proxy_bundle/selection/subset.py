@@ -2,10 +2,10 @@
 
 Which cases are candidates:
 
-* a datalist with a ``validation`` list: every ``training`` entry is a candidate; the ``validation`` list is
-  copied unchanged;
 * a datalist with ``fold`` keys: fold ``fold`` (default 0) is the validation fold. Its entries are copied to the
   output unchanged and the entries of all other folds are the candidates;
+* a datalist with a ``validation`` list and no folds: every ``training`` entry is a candidate; the ``validation``
+  list is copied unchanged;
 * neither: every training entry is a candidate (a warning says that nothing is held out).
 
 The output datalist has the input's schema: the same top-level keys and entries, with ``training`` reduced to the
@@ -162,9 +162,11 @@ def _partition(data: dict, fold: int | None, where: str) -> tuple[list[int], lis
     """(candidate indices, validation-fold indices, description) for the datalist's ``training`` entries."""
     training = data["training"]
     all_idx = list(range(len(training)))
-    if isinstance(data.get("validation"), list) and data["validation"]:
-        return all_idx, [], {"kind": "list", "key": "validation", "n_cases": len(data["validation"])}
     folds = sorted({int(e["fold"]) for e in training if "fold" in e})
+    # Folds first, as in AutoRunner: a fold-form datalist (validation list already folded in as fold 0) may
+    # keep its "validation" key.
+    if not folds and isinstance(data.get("validation"), list) and data["validation"]:
+        return all_idx, [], {"kind": "list", "key": "validation", "n_cases": len(data["validation"])}
     if not folds:
         return all_idx, [], {"kind": "none", "n_cases": 0}
     if fold is None:

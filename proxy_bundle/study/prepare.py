@@ -58,7 +58,7 @@ def gate_dataset(dataroot: Path, record_dir: Path | None = None) -> None:
 
     load_datalist(dataroot / "datalist.json", dataroot, require_folds=True, check_files=False)
     for name in ("datalist.json", "external.json"):
-        gate(dataroot / name, dataroot, record_dir=record_dir)
+        gate(dataroot / name, dataroot, require_foreground=False, record_dir=record_dir)
 
 
 def dataset_paths(dataroot: Path, analysis_dir: Path) -> StudyData:
