@@ -133,11 +133,10 @@ def study(
         ensure_analysis,
         ensure_phantoms,
         ensure_subsets,
+        gate_dataset,
         template_hash,
     )
     from proxy_bundle.study.report import hardware, hardware_summary, write_report
-
-    from proxy_bundle.study.prepare import gate_dataset
 
     if dataset is not None:  # the gate runs before anything is written
         gate_dataset(Path(dataset), Path(work_dir).resolve() / "analysis" / ".validated")
