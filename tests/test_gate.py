@@ -97,15 +97,15 @@ def commands(root: Path, tmp: Path) -> dict[str, tuple[list, Path]]:
     dl = root / "datalist.json"
     cfg = input_yaml(root, tmp / "input.yaml")
     return {
-        "validate": (["validate", dl], tmp / "nothing"),
-        "select": (["select", dl, "--count", "2", "--grid", "8", "--out", tmp / "proxy.json", "--progress", "False"],
-                   tmp / "proxy.json"),
+        "validate": (["validate", "--datalist", dl], tmp / "nothing"),
+        "select": (["select", "--datalist", dl, "--count", "2", "--grid", "8", "--out", tmp / "proxy.json",
+                    "--progress", "false"], tmp / "proxy.json"),
         "analyze": (["analyze", "--input", cfg, "--work_dir", tmp / "w_analyze", "--count", "2", "--grid", "8",
-                     "--progress", "False"], tmp / "w_analyze"),
+                     "--progress", "false"], tmp / "w_analyze"),
         "hpo": (["hpo", "--input", root, "--work_dir", tmp / "w_hpo", "--n_trials", "1", "--top_k", "1",
-                 "--progress", "False"], tmp / "w_hpo"),
+                 "--progress", "false"], tmp / "w_hpo"),
         "study": (["study", "--dataset", root, "--work_dir", tmp / "w_study", "--n_configs", "3",
-                   "--progress", "False"], tmp / "w_study"),
+                   "--progress", "false"], tmp / "w_study"),
     }
 
 
@@ -319,10 +319,10 @@ def test_misspelt_top_level_key(tmp_path, capsys):
 def test_sub_millimetre_spacing_works(tmp_path, capsys):
     root = tmp_path / "data"
     make_dataset(root, affine=np.diag([0.001, 0.001, 0.001, 1.0]))
-    code, out, err = cli(["validate", root / "datalist.json"], capsys)
+    code, out, err = cli(["validate", "--datalist", root / "datalist.json"], capsys)
     assert code == 0 and "spacing (mm): 0.001 x 0.001 x 0.001" in out, err
-    code, out, err = cli(["select", root / "datalist.json", "--count", "2", "--grid", "8", "--out",
-                          tmp_path / "p.json", "--progress", "False"], capsys)
+    code, out, err = cli(["select", "--datalist", root / "datalist.json", "--count", "2", "--grid", "8", "--out",
+                          tmp_path / "p.json", "--progress", "false"], capsys)
     assert code == 0, err
     scores = json.loads((tmp_path / "p_scores.json").read_text())
     assert scores["provenance"]["spacing"] == [0.001, 0.001, 0.001]
@@ -331,12 +331,12 @@ def test_sub_millimetre_spacing_works(tmp_path, capsys):
 def test_select_on_dataset_json_keeps_num_training_consistent(tmp_path, capsys):
     root = tmp_path / "data"
     make_dataset(root, decathlon=True)
-    code, _, err = cli(["select", root / "dataset.json", "--count", "2", "--grid", "8", "--out", root / "p.json",
-                        "--progress", "False"], capsys)
+    code, _, err = cli(["select", "--datalist", root / "dataset.json", "--count", "2", "--grid", "8", "--out", root / "p.json",
+                        "--progress", "false"], capsys)
     assert code == 0, err
     out = json.loads((root / "p.json").read_text())
     assert out["numTraining"] == len(out["training"]) == 2
-    code, out_text, err = cli(["validate", root / "p.json"], capsys)
+    code, out_text, err = cli(["validate", "--datalist", root / "p.json"], capsys)
     assert code == 0, err
 
 
@@ -347,7 +347,7 @@ def test_validate_lists_every_problem(tmp_path, capsys):
     img = _image(3)
     img[0, 0, 0] = np.inf
     _save(root / "imagesTr" / "case_003.nii.gz", img)
-    code, out, err = cli(["validate", dl], capsys)
+    code, out, err = cli(["validate", "--datalist", dl], capsys)
     assert code == 2 and out == ""
     assert err.splitlines() == [
         "error: imagesTr/case_001.nii.gz: label has non-integer values (e.g. 0.5 in float32); labels must be "
@@ -355,7 +355,7 @@ def test_validate_lists_every_problem(tmp_path, capsys):
         "error: imagesTr/case_003.nii.gz: image contains NaN/Inf intensities (1 voxels)",
         f"error: {dl}: 2 problems found (listed above)",
     ]
-    code, out, err = cli(["validate", dl, "--max_problems", "1"], capsys)
+    code, out, err = cli(["validate", "--datalist", dl, "--max_problems", "1"], capsys)
     assert code == 2 and len(err.splitlines()) == 1
 
 
@@ -365,12 +365,12 @@ def test_testing_may_reuse_validation_images(tmp_path, capsys):
     data = json.loads(dl.read_text())
     data["testing"] = [{"image": data["validation"][0]["image"]}]
     dl.write_text(json.dumps(data))
-    code, out, err = cli(["validate", dl], capsys)
+    code, out, err = cli(["validate", "--datalist", dl], capsys)
     assert code == 0, err
     # ... but not images that are trained on
     data["testing"] = [{"image": data["training"][0]["image"]}]
     dl.write_text(json.dumps(data))
-    code, out, err = cli(["validate", dl], capsys)
+    code, out, err = cli(["validate", "--datalist", dl], capsys)
     assert code == 2 and "a testing case must not be trained on" in err
 
 
@@ -411,7 +411,7 @@ def test_analyze_is_keyed_to_its_input(tmp_path, capsys):
     make_dataset(root, form="validation")
     cfg = input_yaml(root, tmp_path / "input.yaml")
     work = tmp_path / "w"
-    args = ["analyze", "--input", cfg, "--work_dir", work, "--count", "2", "--grid", "8", "--progress", "False"]
+    args = ["analyze", "--input", cfg, "--work_dir", work, "--count", "2", "--grid", "8", "--progress", "false"]
     code, out, err = cli(args, capsys)
     assert code == 0, err
     stats = yaml.safe_load((work / "datastats.yaml").read_text())
@@ -440,7 +440,7 @@ def test_failed_analysis_leaves_nothing(tmp_path, capsys, monkeypatch):
     make_dataset(root)
     cfg = input_yaml(root, tmp_path / "input.yaml")
     work = tmp_path / "w"
-    args = ["analyze", "--input", cfg, "--work_dir", work, "--count", "2", "--grid", "8", "--progress", "False"]
+    args = ["analyze", "--input", cfg, "--work_dir", work, "--count", "2", "--grid", "8", "--progress", "false"]
     assert cli(args, capsys)[0] == 0
     _save(root / "imagesTr" / "case_000.nii.gz", _image(7))  # a changed input
 
@@ -465,7 +465,7 @@ def test_subprocess_one_line_and_exit_2(tmp_path):
     make_dataset(root)
     _save(root / "labelsTr" / "case_001.nii.gz", _label(0.9882, np.float32))
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "proxy_bundle", "select", str(root / "datalist.json"), "--count",
+    proc = subprocess.run([sys.executable, "-m", "proxy_bundle", "select", "--datalist", str(root / "datalist.json"), "--count",
                            "2", "--out", str(tmp_path / "p.json")], capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == [
@@ -561,7 +561,7 @@ def test_hpo_end_to_end_on_a_validation_list_datalist(tmp_path, capsys, monkeypa
             "sw_batch_size": 1}
     code, out, err = cli(["hpo", "--input", root, "--work_dir", work, "--n_trials", "1", "--top_k", "1",
                           "--proxy", "data", "--data_fraction", "0.5", "--epochs", "1", "--overrides",
-                          json.dumps(tiny), "--progress", "False"], capsys)
+                          json.dumps(tiny), "--progress", "false"], capsys)
     assert code == 0, err
     res = json.loads((work / "hpo" / "results.json").read_text())
     assert [t["state"] for t in res["trials"]] == ["COMPLETE", "COMPLETE"]
@@ -579,5 +579,5 @@ def test_hpo_end_to_end_on_a_validation_list_datalist(tmp_path, capsys, monkeypa
     os.utime(root / "labelsTr" / "case_004.nii.gz", ns=(7, 7))
     code, out, err = cli(["hpo", "--input", root, "--work_dir", work, "--n_trials", "1", "--top_k", "1",
                           "--proxy", "data", "--data_fraction", "0.5", "--epochs", "1", "--overrides",
-                          json.dumps(tiny), "--progress", "False"], capsys)
+                          json.dumps(tiny), "--progress", "false"], capsys)
     assert code == 2 and err.splitlines()[-1].startswith("error: study 'proxyseg-data': this study holds 2 finished")

@@ -138,13 +138,13 @@ def check_options(*, fraction: Any, count: Any, metric: str, mode: str, strategy
     from proxy_bundle.selection import strategies as st
 
     if metric not in METRICS:
-        raise InputError(f"unknown metric {metric!r} (use one of {', '.join(METRICS)})", where="metric")
+        raise InputError(f"unknown metric {metric!r} (use one of {', '.join(METRICS)})", where="--similarity")
     if strategy not in st.STRATEGIES:
         raise InputError(f"unknown strategy {strategy!r} (use one of {', '.join(st.STRATEGIES)})", where="strategy")
     if mode not in ("roi", "image"):
         raise InputError(f"unknown mode {mode!r} (use roi or image)", where="mode")
     if (fraction is None) == (count is None):
-        raise InputError("give exactly one of --fraction or --count", where="size")
+        raise InputError("give exactly one of --data_fraction or --count", where="size")
     if fraction is not None:
         st.subset_size(1, fraction=fraction)  # range check before any file is read
     return (
@@ -277,30 +277,9 @@ def run_selection(
     """
     from proxy_bundle.selection import strategies as st
 
-<<<<<<< HEAD
-    # option errors first: they are cheap, need no file and no torch import
-    if metric not in METRICS:
-        raise InputError(f"unknown metric {metric!r} (use one of {', '.join(METRICS)})", where="--similarity")
-    if strategy not in st.STRATEGIES:
-        raise InputError(f"unknown strategy {strategy!r} (use one of {', '.join(st.STRATEGIES)})", where="strategy")
-    if mode not in ("roi", "image"):
-        raise InputError(f"unknown mode {mode!r} (use roi or image)", where="mode")
-    if (fraction is None) == (count is None):
-        raise InputError("give exactly one of --data_fraction or --count", where="size")
-    if fraction is not None:
-        st.subset_size(1, fraction=fraction)  # range check before any file is read
-    grid = _int_option(grid, "grid", 4, 512)
-    bins = _int_option(bins, "bins", 2, 256)
-    seed = _int_option(seed, "seed", 0, 2**63 - 1)
-    workers = _int_option(workers, "workers", 0, 256)
-    spacing_t = _triple(spacing, "spacing")
-    window_t = _pair(window, "window")
-    percentiles_t = _pair(percentiles, "percentiles")
-=======
     grid, bins, seed, workers, spacing_t, window_t, percentiles_t = check_options(
         fraction=fraction, count=count, metric=metric, mode=mode, strategy=strategy, grid=grid, bins=bins,
         seed=seed, workers=workers, spacing=spacing, window=window, percentiles=percentiles)
->>>>>>> d90fcfe (Every command runs the validation gate before any work; AutoRunner datalist forms; runs keyed to an input fingerprint; trial failure cause on the console)
 
     from proxy_bundle.selection.preprocess import PreprocessConfig, common_spacing, iter_case_features
     from proxy_bundle.selection.similarity import mean_similarity, pairwise_similarity, quantize, torch_threads
