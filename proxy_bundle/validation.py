@@ -595,6 +595,7 @@ def check_case(
     case: str | None = None,
     channels: int = 1,
     affine_atol: float = AFFINE_ATOL,
+    require_positive: bool = True,
 ) -> CaseInfo:
     """Read one image (and its label) and check that it can be trained on.
 
@@ -607,6 +608,8 @@ def check_case(
         channels: image channels expected; ``1`` means a 3D image (a trailing singleton dimension is
             fine), ``C > 1`` also accepts a 4D image with ``C`` channels last (multi-modal MSD tasks).
         affine_atol: tolerance (mm) for the image and label affines to agree, entry by entry.
+        require_positive: fail when no intensity is > 0 (MONAI's DataAnalyzer skips such a case; images that
+            are only segmented need not meet this).
 
     Checks: readable NIfTI (missing, corrupt, truncated gzip), 3D (not 4D/2D), finite intensities
     (no NaN/Inf), label spatial shape and affine equal to the image's, integer label values,
@@ -651,7 +654,7 @@ def check_case(
     assert shape is not None and affine is not None
     if len(paths) > 1 and channels not in (1, n_channels):
         raise InputError(f"image has {n_channels} channel files, expected {channels}", where=name)
-    if not positive:
+    if require_positive and not positive:
         # DataAnalyzer's foreground is "intensity > 0": such a case fails inside it and is skipped silently.
         raise InputError(
             f"image has no intensity > 0 (maximum {_fmt(peak)}); MONAI's DataAnalyzer cannot analyse such a case: "
@@ -864,7 +867,7 @@ def dataset_problems(
         from tqdm import tqdm
 
         iterator = tqdm(cases, desc="validate", unit="case", disable=None, leave=False)
-    for _section, entry in iterator:
+    for section, entry in iterator:
         images = _entry_files(entry["image"]) or []
         key = _case_key(entry, ctx.dataroot)
         if key in seen:  # the same case in validation and testing: checked once
@@ -881,6 +884,8 @@ def dataset_problems(
                 require_foreground=require_foreground,
                 case=images[0],
                 channels=ctx.channels,
+                # DataAnalyzer reads training (and validation) cases only.
+                require_positive=section != "testing",
             )
         except InputError as err:
             yield err
@@ -980,6 +985,7 @@ def gate_cases(
     require_foreground: bool = False,
     where: str = "datalist",
     record_dir: str | os.PathLike | None = None,
+    require_positive: bool = True,
 ) -> None:
     """:func:`gate` for cases already resolved to files (``{"image": path or [paths], "label": path}``), as a
     training or inference script holds them: every case, then the label set (``0..K-1``, see
@@ -1003,7 +1009,8 @@ def gate_cases(
         image = item["image"]
         files = [image] if isinstance(image, (str, os.PathLike)) else list(image)
         info = check_case(files[0] if len(files) == 1 else files, item.get("label"), labels=labels,
-                          require_foreground=require_foreground, case=os.fspath(files[0]), channels=channels)
+                          require_foreground=require_foreground, case=os.fspath(files[0]), channels=channels,
+                          require_positive=require_positive)
         if info.label_values is not None:
             any_label = True
             found.update(info.label_values)

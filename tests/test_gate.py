@@ -331,7 +331,8 @@ def test_sub_millimetre_spacing_works(tmp_path, capsys):
 def test_select_on_dataset_json_keeps_num_training_consistent(tmp_path, capsys):
     root = tmp_path / "data"
     make_dataset(root, decathlon=True)
-    code, _, err = cli(["select", "--datalist", root / "dataset.json", "--count", "2", "--grid", "8", "--out", root / "p.json",
+    code, _, err = cli(["select", "--datalist", root / "dataset.json", "--count", "2", "--grid", "8", "--out",
+                        root / "p.json",
                         "--progress", "false"], capsys)
     assert code == 0, err
     out = json.loads((root / "p.json").read_text())
@@ -465,8 +466,8 @@ def test_subprocess_one_line_and_exit_2(tmp_path):
     make_dataset(root)
     _save(root / "labelsTr" / "case_001.nii.gz", _label(0.9882, np.float32))
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "proxy_bundle", "select", "--datalist", str(root / "datalist.json"), "--count",
-                           "2", "--out", str(tmp_path / "p.json")], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "proxy_bundle", "select", "--datalist", str(root / "datalist.json"),
+                           "--count", "2", "--out", str(tmp_path / "p.json")], capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == [
         "error: imagesTr/case_001.nii.gz: label has non-integer values (e.g. 0.9882 in float32); labels must be "

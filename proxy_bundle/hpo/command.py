@@ -160,7 +160,8 @@ def proxy_datalist(cfg: Mapping, work_dir: Path, datastats: Path, *, fraction: f
             return str(path.resolve())
     # Keyed to the input: a selection made from other data is never picked up.
     key = f"_{fingerprint[:12]}" if fingerprint else ""
-    out = ensure_dir(work_dir / "hpo" / "proxy_data") / f"proxy_{metric}_{mode}_{strategy}_f{fraction:g}_fold{fold}{key}.json"
+    name = f"proxy_{metric}_{mode}_{strategy}_f{fraction:g}_fold{fold}{key}.json"
+    out = ensure_dir(work_dir / "hpo" / "proxy_data") / name
     if out.is_file():
         return str(out.resolve())
     from proxy_bundle.selection.subset import run_selection, write_selection

@@ -419,7 +419,8 @@ def analyze(
 
     try:
         selection = run_selection(
-            source.datalist, dataroot, fraction=data_fraction, count=count, metric=similarity, mode=mode, strategy=strategy,
+            source.datalist, dataroot, fraction=data_fraction, count=count, metric=similarity, mode=mode,
+            strategy=strategy,
             grid=grid, bins=bins, seed=seed, fold=fold, modality=src["modality"], spacing=spacing, window=window,
             percentiles=percentiles, margin=margin, device=device, workers=num_workers, progress=progress,
             gate_input=False,

@@ -75,7 +75,8 @@ class InferClass:
         item = dict(image_file) if isinstance(image_file, dict) else {"image": image_file}
         image_in = item["image"]
         check_case(image_in, channels=int(self.record["preprocessing"].get("input_channels", 1)),
-                   case=os.fspath(image_in if isinstance(image_in, (str, os.PathLike)) else image_in[0]))
+                   case=os.fspath(image_in if isinstance(image_in, (str, os.PathLike)) else image_in[0]),
+                   require_positive=False)
         data = self.pre({"image": image_in})
         image = data["image"]
         with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=self.use_amp):
@@ -129,8 +130,8 @@ def run(
     from proxy_bundle.validation import gate_cases
 
     # Every image is checked before the first prediction is written.
-    gate_cases([{"image": im} for im in images],
-               channels=int(infer.record["preprocessing"].get("input_channels", 1)), where=str(datalist))
+    gate_cases([{"image": im} for im in images], channels=int(infer.record["preprocessing"].get("input_channels", 1)),
+               where=str(datalist), require_positive=False)
     out = output_dir or os.path.join(str(parser.get_parsed_content("bundle_root")), f"prediction_{data_list_key}")
     saver = SaveImage(
         output_dir=out, output_postfix="seg", separate_folder=False, print_log=False, output_dtype="uint8"
