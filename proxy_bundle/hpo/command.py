@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 from proxy_bundle.atomic import ensure_dir, write_yaml
+from proxy_bundle.defaults import DATA_FRACTION, PROXY_BLOCKS, PROXY_WIDTH, TOP_K
 from proxy_bundle.errors import InputError
 from proxy_bundle.options import PROXY_MODES, ProxyMode, SelectionMode, Similarity, Strategy
 
@@ -240,8 +241,8 @@ def _positive(value: Any, name: str, *, integer: bool = False, upper: float | No
 
 # ---------------------------------------------------------------------------------------------- command
 def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, proxy: ProxyMode = "both",
-        data_fraction: float = 0.25, width: float = 0.25, blocks: float = 1.0, levels: int | None = None,
-        top_k: int = 2, storage: str | None = None, pruner: str = "none", search_space: str | None = None,
+        data_fraction: float = DATA_FRACTION, width: float = PROXY_WIDTH, blocks: float = PROXY_BLOCKS,
+        levels: int | None = None, top_k: int = TOP_K, storage: str | None = None, pruner: str = "none", search_space: str | None = None,
         seed: int = 0, epochs: int | None = None, proxy_epochs: int | None = None, study_name: str | None = None,
         sampler: str = "tpe", n_startup_trials: int | None = None, algo: str = "proxyseg",
         templates: str | None = None, fold: int = 0, overrides: Any = None, num_workers: int | str = "auto",

@@ -25,14 +25,15 @@ from monai.auto3dseg import algo_from_json, algo_to_json
 from monai.config import PathLike
 from monai.utils.enums import AlgoKeys
 
+from proxy_bundle.defaults import PROXY_BLOCKS, PROXY_WIDTH
 from proxy_bundle.hpo.runners import AlgoRunner, Fidelity
 from proxy_bundle.hpo.space import SearchSpace, load_space, suggest
 
 __all__ = ["ProxyOptunaGen", "default_proxy_fidelity"]
 
 
-def default_proxy_fidelity(algo: Any, width: float = 0.25, blocks: float = 1.0, levels: int | None = None,
-                           epochs: int | None = None) -> Fidelity:
+def default_proxy_fidelity(algo: Any, width: float = PROXY_WIDTH, blocks: float = PROXY_BLOCKS,
+                           levels: int | None = None, epochs: int | None = None) -> Fidelity:
     """Proxy network of ``width`` and, when the algo was filled with a ``proxy_data`` section, its proxy datalist."""
     datalist = None
     records = (getattr(algo, "fill_records", None) or {}).get("hyper_parameters.yaml", {})

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from proxy_bundle.atomic import ensure_dir, write_json
+from proxy_bundle.defaults import DATA_FRACTION, PROXY_BLOCKS
 from proxy_bundle.errors import InputError
 from proxy_bundle.options import PhantomTask, SelectionMode
 from proxy_bundle.study.plan import PROXY_DATA, SHORT_BUDGETS, WIDTHS, Config, Variant, build_variants, sample_configs
@@ -31,14 +32,14 @@ def study(
     size: int = 32,
     num_cases: int = 16,
     num_external: int = 6,
-    data_fraction: float = 0.25,
+    data_fraction: float = DATA_FRACTION,
     widths: str | Sequence[float] = WIDTHS,
     proxy_data: str | Sequence[str] = PROXY_DATA,
     random_seeds: int = 3,
     both_width: float | None = None,
     both_data: str = "mi-representative",
     short_budgets: str | Sequence[float] = SHORT_BUDGETS,
-    blocks: float = 1.0,
+    blocks: float = PROXY_BLOCKS,
     levels: int | None = None,
     init_filters: int = 16,
     roi: int | None = None,

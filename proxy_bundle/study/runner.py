@@ -34,8 +34,16 @@ def fidelity(variant: Variant, subsets: Mapping[str, str], blocks: float = 1.0,
 
 
 def run_spec(config: Config, variant: Variant, fid: Fidelity, context: Mapping[str, Any]) -> dict[str, Any]:
-    """Everything that decides a run's result; a stored run is reused only for an equal spec."""
-    return {"params": config.params, "variant": variant.as_dict(), "fidelity": fid.to_dict(), **dict(context)}
+    """Everything that decides a run's result; a stored run is reused only for an equal spec.
+
+    The proxy datalist enters by content hash, not path, so that a table carries over between machines.
+    """
+    from proxy_bundle.study.prepare import content_hash
+
+    fid_d = fid.to_dict()
+    if fid_d.get("datalist"):
+        fid_d["datalist"] = "sha256:" + content_hash(fid_d["datalist"])
+    return {"params": config.params, "variant": variant.as_dict(), "fidelity": fid_d, **dict(context)}
 
 
 def train_and_score(
