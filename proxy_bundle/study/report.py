@@ -205,7 +205,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         "extends it).",
         "- Hardware: " + "; ".join(f"{h['machine']} ({h['runs']} runs)" for h in results.get("hardware") or []),
         f"- Wall-clock of the study: {_study_wall(meta) / 60:.1f} min over "
-        f"{len(meta.get('invocations', [])) or 1} invocation(s).",
+        f"{len(meta.get('invocations', [])) or 1} recorded invocation(s); runs trained by: "
+        + ("; ".join(sorted({f"`{i['command']}` ({i['runs_trained']} runs)" for i in meta.get("invocations") or []
+                             if i.get("runs_trained")})) or "earlier invocations (see the table's runs)") + ".",
         f"- Full fidelity: the template's SegResNetDS with {meta.get('init_filters')} initial filters, "
         f"{meta['epochs']} epochs, validation every {meta.get('val_every', 1)} epoch(s), roi "
         f"{meta.get('roi') or 'from the data'}; proxy network widths {meta.get('widths')}, proxy data fraction "
