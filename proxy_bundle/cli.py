@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "select": ("proxy_bundle.selection.subset:select", "Select a proxy subset of the training cases by image similarity."),
     "analyze": ("proxy_bundle.selection.analyzer:analyze", "Auto3DSeg DataAnalyzer plus proxy-data selection (datastats.yaml)."),
     "hpo": ("proxy_bundle.hpo.command:hpo", "Two-phase proxy hyper-parameter search (Optuna): proxy trials, then top-k at full fidelity."),
+    "export": ("proxy_bundle.templates.export:export", "Write the search's winner into an Auto3DSeg AutoRunner work dir."),
 }
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")

@@ -17,7 +17,7 @@ Similarity = Literal["mi", "nmi", "ncc"]
 SelectionMode = Literal["roi", "image"]
 Strategy = Literal["representative", "diverse", "coverage", "random"]
 ProxyMode = Literal["none", "data", "network", "both"]
-Network = Literal["segresnetds", "segresnet", "unet", "dynunet"]
+Network = Literal["segresnetds", "segresnet", "unet", "dynunet", "swinunetr"]
 CostMetric = Literal["flops", "params"]
 PhantomTask = Literal["spleen_ct", "prostate_mr"]
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from proxy_bundle.atomic import write_json, write_yaml
 from proxy_bundle.hpo.engine import SearchConfig, TwoPhaseSearch
+from proxy_bundle.hpo.link import link_final_result
 from proxy_bundle.hpo.results import find_baseline, load_baseline, summarize, write_outputs
 from proxy_bundle.hpo.runners import TrialRunner
 from proxy_bundle.hpo.storage import mask_url
@@ -21,7 +22,8 @@ def run_search(config: SearchConfig, runner: TrialRunner, storage_url: str, *, p
     """Run (or resume, or join) the search, then write ``results.json``, ``best_params.yaml`` and plots into
     ``config.out_dir`` (and copies of the first two into ``latest_dir``, e.g. ``W/hpo``). Returns the summary
     with an ``outputs`` entry naming the files written."""
-    outcome = TwoPhaseSearch(config, runner, storage_url).run()
+    search = TwoPhaseSearch(config, runner, storage_url)
+    outcome = search.run()
     if outcome is None:
         raise RuntimeError("run_search needs a worker that takes part in phase 2 (config.phase2)")
     base, base_path = None, None
@@ -40,6 +42,7 @@ def run_search(config: SearchConfig, runner: TrialRunner, storage_url: str, *, p
     if outcome.stopped_by:
         summary["stopped_by"] = outcome.stopped_by
     paths = write_outputs(config.out_dir, summary, plots=plots)
+    link_final_result(search.storage, config.study_name, summary, two_phase=config.two_phase)
     if latest_dir is not None:
         paths["latest_results"] = str(write_json(Path(latest_dir) / "results.json", summary))
         paths["latest_best_params"] = str(write_yaml(Path(latest_dir) / "best_params.yaml",

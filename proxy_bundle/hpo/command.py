@@ -177,13 +177,15 @@ def proxy_datalist(cfg: Mapping, work_dir: Path, datastats: Path, *, fraction: f
 
 # ---------------------------------------------------------------------------------------------- templates
 def templates_dir(templates: str | os.PathLike | None, work_dir: Path, algo: str) -> Path:
-    """Templates folder to use: ``templates``, else ``W/algorithm_templates``, else the repository's."""
+    """Templates folder to use: ``templates``, else ``W/algorithm_templates``, else the shipped ones."""
     if templates is not None:
         path = Path(templates)
     elif (work_dir / "algorithm_templates" / algo / "scripts" / "algo.py").is_file():
         path = work_dir / "algorithm_templates"
     else:
-        path = Path(__file__).resolve().parents[2] / "algorithm_templates"
+        from proxy_bundle.templates.resources import templates_dir as shipped
+
+        path = shipped()
     if not (path / algo / "scripts" / "algo.py").is_file():
         raise InputError(f"no algorithm template {algo!r} here (expected {algo}/scripts/algo.py); "
                          "pass --templates", where=str(path))
@@ -276,8 +278,9 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         study_name: Optuna study name (default <algo>-<proxy>); phase 2 uses <name>-phase2.
         sampler: tpe | random.
         n_startup_trials: random trials before TPE (default: half of n_trials, 2..10).
-        algo: algorithm template name.
-        templates: algorithm templates folder (default W/algorithm_templates, else the repository's).
+        algo: algorithm template name: proxyseg, or MONAI's segresnet, swinunetr, dints, segresnet2d (their
+            folder given with --templates; proxy fidelity through proxy_bundle.templates.adapters).
+        templates: algorithm templates folder (default W/algorithm_templates, else the shipped ones).
         fold: validation fold of every trial.
         overrides: fixed template settings for every trial, e.g. '{"roi_size": [64,64,64], "batch_size": 1}'.
         num_workers: DataLoader workers per trial; auto: the CPU cores shared among the concurrent trials on a GPU
@@ -332,7 +335,16 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
 
     from proxy_bundle.hpo.space import load_space
 
-    space = load_space(search_space)
+    from proxy_bundle.templates.adapters import adapter_for
+
+    adapter = adapter_for(algo)
+    if search_space is None and adapter is not None:
+        from proxy_bundle.hpo.space import parse_space
+
+        # MONAI's templates name their settings differently (e.g. dints' training#learning_rate).
+        space = parse_space(adapter.space, source=f"<{algo} default>")
+    else:
+        space = load_space(search_space)
     from proxy_bundle.inputs import FINGERPRINT_KEY, prepare_source
 
     work = Path(work_dir).resolve()
@@ -380,7 +392,8 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
     timeout = _positive(timeout, "timeout", allow_none=True)
     probe_s = _positive(probe_s, "probe_s")
     trial_timeout = _positive(trial_timeout, "trial_timeout", allow_none=True)
-    base = {"cache_dir": str(hpo_dir / "preprocessed_cache")}
+    # proxyseg's preprocessing cache has no counterpart in MONAI's templates.
+    base = {"cache_dir": str(hpo_dir / "preprocessed_cache")} if adapter is None else {}
     base.update(dict(overrides or {}))
     name = study_name or f"{algo}-{proxy}"
     url = resolve_url(storage, work)
@@ -401,7 +414,9 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
             trials_per_device = _probe(tpl, algo, work, stats, input_file, fold, base, phase1_fid, device_list[0],
                                        Path(config.out_dir) / "probe", probe_s)
     slots = plan_workers(device_list, int(trials_per_device), packable=packable)
-    if "num_workers" not in base:
+    if "num_workers" not in base and not (adapter is not None and str(num_workers).lower() == "auto"):
+        # MONAI's templates keep their own DataLoader workers unless --num_workers is given (swinunetr and dints
+        # need at least one: persistent workers).
         if str(num_workers).lower() == "auto":
             base["num_workers"] = dataloader_workers(cpu_count(), len(slots), on_gpu)
         elif isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
@@ -425,7 +440,7 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
                                                 timeout_s=trial_timeout)
     summary = run_search(config, runner, url, proxy_mode=proxy, baseline=baseline, latest_dir=hpo_dir,
                          extra={"devices": {"workers": workers["workers"], "trials_per_device": int(trials_per_device),
-                                            "devices": device_list, "num_workers": base["num_workers"]}})
+                                            "devices": device_list, "num_workers": base.get("num_workers")}})
     _print_summary(summary, time.time() - t0)
 
 

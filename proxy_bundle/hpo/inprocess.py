@@ -54,7 +54,8 @@ class InProcessAlgoRunner(AlgoRunner):
     def run(self, params: Mapping[str, Any], fidelity: Fidelity, trial_dir: str | os.PathLike,
             report: ReportFn) -> TrialResult:
         n_devices = int(self.device_setting.get("n_devices", 0) or 0)
-        if n_devices > 1:  # one trial on several GPUs needs torchrun's processes
+        if n_devices > 1 or self.adapter is not None:
+            # One trial on several GPUs needs torchrun's processes; MONAI's own templates have no in-process entry.
             return super().run(params, fidelity, trial_dir, report)
         trial_dir = resumable_trial_dir(trial_dir)
         algo = self.export(params, fidelity, trial_dir)

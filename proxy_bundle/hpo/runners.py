@@ -230,10 +230,13 @@ def resumable_trial_dir(trial_dir: str | os.PathLike, ckpt: str = "model") -> Pa
 def launch_and_poll(cmd: Sequence[str], progress_file: str | os.PathLike, report: ReportFn, *,
                     log_file: str | os.PathLike, env: Mapping[str, str] | None = None,
                     cwd: str | os.PathLike | None = None, poll_s: float = 0.5,
-                    on_poll: Callable[[], None] | None = None, timeout_s: float | None = None) -> TrialResult:
+                    on_poll: Callable[[], None] | None = None, timeout_s: float | None = None,
+                    read_scores: Callable[[], Sequence[tuple[int, float]]] | None = None) -> TrialResult:
     """Run ``cmd`` to completion, reporting each new ``progress.yaml`` entry; kill it when ``report`` says prune.
 
-    ``on_poll`` runs every ``poll_s`` seconds. Raises :class:`TrialFailed` when the command exits non-zero
+    ``on_poll`` runs every ``poll_s`` seconds. ``read_scores`` returns the per-validation ``(epoch, Dice)``
+    rows when a template keeps them elsewhere than ``progress.yaml`` (MONAI's own templates: see
+    :mod:`proxy_bundle.templates.adapters`); ``progress.yaml`` still gives the final best score. Raises :class:`TrialFailed` when the command exits non-zero
     without having been pruned, or runs longer than ``timeout_s`` (a hung training must not stall the search).
     """
     progress = Path(progress_file)
@@ -243,12 +246,19 @@ def launch_and_poll(cmd: Sequence[str], progress_file: str | os.PathLike, report
     pruned = timed_out = False
     start = time.monotonic()
 
-    def drain() -> bool:
+    def rows() -> list[tuple[int, float]]:
+        if read_scores is not None:
+            return list(read_scores())
+        out = []
         for entry in read_progress(progress):
             try:
-                epoch, score = int(entry["epoch"]), float(entry["avg_dice_score"])
+                out.append((int(entry["epoch"]), float(entry["avg_dice_score"])))
             except (KeyError, TypeError, ValueError):
                 continue
+        return out
+
+    def drain() -> bool:
+        for epoch, score in rows():
             if epoch in reported:
                 continue
             reported[epoch] = score
@@ -269,7 +279,7 @@ def launch_and_poll(cmd: Sequence[str], progress_file: str | os.PathLike, report
                 if on_poll is not None:
                     on_poll()
                 try:
-                    mtime = progress.stat().st_mtime_ns
+                    mtime = progress.stat().st_mtime_ns if read_scores is None else len(rows())
                 except FileNotFoundError:
                     continue
                 if mtime != last_mtime:
@@ -404,12 +414,32 @@ class AlgoRunner:
             return None
         return isinstance(data, dict) and isinstance(data.get("proxy"), dict)
 
+    @property
+    def adapter(self) -> Any:
+        """The :class:`~proxy_bundle.templates.adapters.TemplateAdapter` of a MONAI template (no ``proxy`` block)."""
+        if self._has_proxy_block() is not False:
+            return None
+        from proxy_bundle.templates.adapters import adapter_for
+
+        return adapter_for(self.name)
+
+    def _cuda(self) -> bool:
+        import torch
+
+        visible = self.device_setting.get("CUDA_VISIBLE_DEVICES")
+        return torch.cuda.is_available() and str(visible).strip() not in ("", "-1")
+
     def overrides(self, params: Mapping[str, Any], fidelity: Fidelity, trial_dir: Path) -> dict[str, Any]:
         """Everything a trial sets: base settings < fidelity < searched params < this trial's own paths."""
-        out = dict(self.base_overrides)
+        adapter = self.adapter
+        out = {**adapter.defaults, **adapter.device_overrides(self._cuda())} if adapter is not None else {}
+        out.update(self.base_overrides)
         fid = fidelity.overrides()
-        if self._has_proxy_block() is False:
-            # A template without proxy support (e.g. MONAI's own) can still be searched at full fidelity.
+        if adapter is not None:
+            adapter.check_fidelity(fidelity)
+            fid = adapter.fidelity_overrides(fidelity)
+        elif self._has_proxy_block() is False:
+            # A template without proxy support and without an adapter can still be searched at full fidelity.
             if not fidelity.is_full:
                 raise InputError(f"template {self.name!r} has no 'proxy' block, so it cannot train at proxy "
                                  f"fidelity {fidelity.name!r}; use proxy=none", where=str(self.algo.template_path))
@@ -422,13 +452,26 @@ class AlgoRunner:
 
     def export(self, params: Mapping[str, Any], fidelity: Fidelity, trial_dir: str | os.PathLike) -> Any:
         """Write the trial's bundle to ``trial_dir/<algo name>`` and return the exported algo."""
-        trial_dir = Path(trial_dir)
+        return self._export(params, fidelity, Path(trial_dir))[0]
+
+    def _export(self, params: Mapping[str, Any], fidelity: Fidelity, trial_dir: Path) -> tuple[Any, dict]:
         overrides = self.overrides(params, fidelity, trial_dir)
         algo = copy.deepcopy(self.algo)
         algo.device_setting = dict(self.device_setting)
         algo.export_to_disk(str(trial_dir), self.name, **overrides)
+        adapter = self.adapter
+        if adapter is not None:
+            # MONAI's templates: the proxy network's sizes follow from the network fill_template_config sized;
+            # every setting is written into the exported configs so the bundle alone reproduces the trial.
+            bundle = Path(algo.get_output_path())
+            overrides.update(adapter.network_overrides(bundle, fidelity))
+            from proxy_bundle.templates.adapters import set_config_values
+
+            set_config_values(bundle, overrides)
+            if not self._cuda():
+                adapter.patch_for_cpu(bundle)
         write_yaml(trial_dir / "overrides.yaml", overrides)
-        return algo
+        return algo, overrides
 
     def command(self, algo: Any, overrides: Mapping[str, Any]) -> list[str]:
         """The training command, as ``BundleAlgo.train`` builds it (list form: paths with spaces survive)."""
@@ -452,16 +495,20 @@ class AlgoRunner:
     def run(self, params: Mapping[str, Any], fidelity: Fidelity, trial_dir: str | os.PathLike,
             report: ReportFn) -> TrialResult:
         trial_dir = resumable_trial_dir(trial_dir)
-        algo = self.export(params, fidelity, trial_dir)
-        overrides = self.overrides(params, fidelity, trial_dir)
+        algo, overrides = self._export(params, fidelity, trial_dir)
         env = dict(os.environ)
         visible = self.device_setting.get("CUDA_VISIBLE_DEVICES")
         if visible is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(visible)
         ckpt = Path(overrides["ckpt_path"])
+        adapter = self.adapter
+        if adapter is not None:
+            for key, value in adapter.env.items():
+                env.setdefault(key, value)
         result = launch_and_poll(self.command(algo, overrides), ckpt / PROGRESS_FILE, report,
                                  log_file=trial_dir / "train.log", env=env, cwd=algo.get_output_path(),
-                                 poll_s=self.poll_s, timeout_s=self.timeout_s)
+                                 poll_s=self.poll_s, timeout_s=self.timeout_s,
+                                 read_scores=(lambda: adapter.read_scores(ckpt)) if adapter is not None else None)
         result.output_dir = str(algo.get_output_path())
         result.model_path = _find_model(ckpt)
         self.last_algo = algo

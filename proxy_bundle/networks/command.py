@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 __all__ = ["NETWORK_NAMES", "scale", "format_table"]
 
 # Kept here, not imported from scaling, so that a mistyped name is reported before torch and MONAI load.
-NETWORK_NAMES = ("segresnet", "segresnetds", "unet", "dynunet")
+NETWORK_NAMES = ("segresnet", "segresnetds", "unet", "dynunet", "swinunetr")
 # The proxyseg template's full network (configs/hyper_parameters.yaml: network.init_filters), so that a bare
 # `scale` tabulates the network a search trains.
 TEMPLATE_INIT_FILTERS = 32
@@ -110,6 +110,7 @@ def scale(
     budget: float = 0.125,
     init_filters: int | None = None,
     cost: CostMetric = "flops",
+    feature_size: int | None = None,
 ) -> None:
     """Print the measured cost of candidate proxy networks at an ROI and mark the largest within a budget.
 
@@ -117,8 +118,9 @@ def scale(
     device: parameters, FLOPs counted by torch.utils.flop_counter, and bytes saved for backward.
 
     Args:
-        network: segresnetds (the proxyseg template's network), segresnet, unet or dynunet (MONAI's constructor
-            defaults otherwise).
+        network: segresnetds (the proxyseg template's network, and Auto3DSeg's segresnet/segresnet2d templates'),
+            segresnet, unet, dynunet or swinunetr (Auto3DSeg's swinunetr template); MONAI's constructor defaults
+            otherwise.
         roi: patch size, e.g. 96,96,96 (two numbers for a 2D network).
         in_channels: input channels of the network.
         out_channels: output channels (classes incl. background).
@@ -128,6 +130,7 @@ def scale(
         budget: fraction of the full network's cost a proxy may use (default 1/8).
         init_filters: init_filters of the full segresnet/segresnetds (default: 32, the proxyseg template's).
         cost: the cost the budget applies to: flops or params.
+        feature_size: feature_size of the full swinunetr (Auto3DSeg's template: 48; a multiple of 12).
     """
     name = str(network).lower()
     if name not in NETWORK_NAMES:
@@ -148,6 +151,13 @@ def scale(
         if name not in ("segresnet", "segresnetds"):
             raise InputError(f"applies to segresnet/segresnetds only, not {name}", where="--init_filters")
         base["init_filters"] = int(init_filters)
+    if feature_size is not None:
+        if name != "swinunetr":
+            raise InputError(f"applies to swinunetr only, not {name}", where="--feature_size")
+        if isinstance(feature_size, bool) or not isinstance(feature_size, int) or feature_size <= 0 \
+                or feature_size % 12:
+            raise InputError(f"must be a positive multiple of 12, got {feature_size!r}", where="--feature_size")
+        base["feature_size"] = int(feature_size)
     if not isinstance(budget, (int, float)) or budget <= 0:
         raise InputError(f"must be a positive fraction, got {budget!r}", where="--budget")
 
@@ -162,7 +172,7 @@ def scale(
 
     kw = full_kwargs(name, base)
     shape = {k: kw[k] for k in ("init_filters", "blocks_down", "blocks_up", "channels", "strides", "num_res_units",
-                                "filters") if k in kw}
+                                "filters", "feature_size", "depths") if k in kw}
     print(f"{NETWORKS[name].cls.__name__} {shape}, ROI {'x'.join(map(str, roi_t))}, batch 1, float32")
     print(f"full network: {full.params:,} parameters, {full.gflops:.2f} GFLOPs forward+backward "
           f"({full.flops_forward / 1e9:.2f} forward), {full.activation_mb:.1f} MB saved for backward")

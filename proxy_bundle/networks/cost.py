@@ -186,11 +186,18 @@ def measure_cost(
     kwargs = scaled_kwargs(name, base_kwargs, spec)
     roi_t = parse_roi(roi, int(kwargs["spatial_dims"]))
     cls = NETWORKS[name.lower()].cls
-    with torch.device(device):
+    try:
         try:
-            net = cls(**kwargs)
-        except (TypeError, ValueError, AssertionError) as err:
-            raise InputError(f"cannot build {name} with {kwargs}: {err}", where=f"{name} kwargs") from None
+            with torch.device(device):
+                net = cls(**kwargs)
+        except RuntimeError:
+            if torch.device(device).type != "meta":
+                raise
+            # SwinUNETR's constructor reads tensor values (.item()), which meta tensors do not have: build it on
+            # the CPU once and move the parameters to the meta device.
+            net = cls(**kwargs).to(device)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise InputError(f"cannot build {name} with {kwargs}: {err}", where=f"{name} kwargs") from None
     try:
         step = measure_module(net, (1, int(kwargs["in_channels"]), *roi_t))
     except (RuntimeError, ValueError) as err:

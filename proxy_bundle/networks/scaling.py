@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch.nn as nn
 from monai.networks.layers.factories import split_args
-from monai.networks.nets import DynUNet, SegResNet, SegResNetDS, UNet
+from monai.networks.nets import DynUNet, SegResNet, SegResNetDS, SwinUNETR, UNet
 
 from proxy_bundle.errors import InputError
 
@@ -220,6 +220,26 @@ def _dynunet_scale(kw: dict, spec: ProxySpec) -> dict:
     }
 
 
+# --- SwinUNETR -----------------------------------------------------------------------------------------------------
+
+# MONAI's SwinUNETR needs feature_size divisible by 12 (its attention heads split the embedding that way).
+SWIN_FEATURE_MULTIPLE = 12
+
+
+def _swinunetr_levels(kw: dict) -> int:
+    return len(kw["depths"])
+
+
+def _swinunetr_scale(kw: dict, spec: ProxySpec) -> dict:
+    full = _swinunetr_levels(kw)
+    if spec.levels is not None and spec.levels != full:
+        raise InputError(f"swinunetr has a fixed {full}-stage encoder; a proxy keeps all levels (no --levels)",
+                         where="ProxySpec.levels")
+    step = SWIN_FEATURE_MULTIPLE
+    feature = max(step, _half_up(int(kw["feature_size"]) * spec.width / step) * step)
+    return {**kw, "feature_size": feature, "depths": tuple(_blocks(int(d), spec.blocks) for d in kw["depths"])}
+
+
 NETWORKS: dict[str, _Family] = {
     "segresnet": _Family(SegResNet, {}, _segresnet_levels, _segresnet_scale, 1, True),
     "segresnetds": _Family(SegResNetDS, {}, _segresnet_levels, _segresnetds_scale, 1, True),
@@ -243,6 +263,9 @@ NETWORKS: dict[str, _Family] = {
         3,
         False,
     ),
+    # Required channels only; the rest are MONAI's defaults (Auto3DSeg's swinunetr template sets feature_size 48).
+    "swinunetr": _Family(SwinUNETR, {"in_channels": 1, "out_channels": 2}, _swinunetr_levels, _swinunetr_scale, 4,
+                         True),
 }
 
 
