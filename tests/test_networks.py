@@ -187,4 +187,4 @@ def test_scale_command_rejects_unknown_network():
     assert NETWORK_NAMES == tuple(NETWORKS)
     assert set(get_args(Network)) == set(NETWORK_NAMES)  # the CLI's choices are the networks there are
     assert done.stderr.strip().splitlines() == [
-        "error: --network: invalid value 'resnet50' (expected one of segresnetds, segresnet, unet, dynunet)"]
+        "error: --network: invalid value 'resnet50' (expected one of segresnetds, segresnet, unet, dynunet, swinunetr)"]

@@ -378,6 +378,12 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
                             with_validation_schedule(full_fid, val_every))
 
     tpl = _install_templates(templates_dir(templates, work, algo), work, algo)
+    if adapter is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            # The template's own algo.py runs here (fill_template_config): it needs its CPU fallbacks too.
+            adapter.patch_for_cpu(tpl / algo)
     from proxy_bundle.hpo.devices import cpu_count, dataloader_workers, plan_workers, resolve_devices
     from proxy_bundle.hpo.engine import TwoPhaseSearch
     from proxy_bundle.hpo.inprocess import InProcessAlgoRunner

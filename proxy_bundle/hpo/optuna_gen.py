@@ -27,7 +27,7 @@ from monai.utils.enums import AlgoKeys
 
 from proxy_bundle.defaults import PROXY_BLOCKS, PROXY_WIDTH
 from proxy_bundle.hpo.runners import AlgoRunner, Fidelity
-from proxy_bundle.hpo.space import SearchSpace, load_space, suggest
+from proxy_bundle.hpo.space import SearchSpace, load_space, parse_space, suggest
 
 __all__ = ["ProxyOptunaGen", "default_proxy_fidelity"]
 
@@ -41,8 +41,27 @@ def default_proxy_fidelity(algo: Any, width: float = PROXY_WIDTH, blocks: float 
         datalist = str(records["proxy#datalist"])
     elif isinstance(getattr(algo, "proxy_data", None), dict) and algo.proxy_data.get("datalist"):
         datalist = str(algo.proxy_data["datalist"])
+    else:
+        # MONAI's own templates do not read the proxy_data section; the analysis' datastats.yaml still names it.
+        datalist = _datastats_proxy_datalist(getattr(algo, "data_stats_files", None))
     name = "proxy-both" if datalist else "proxy-network"
     return Fidelity(name, datalist=datalist, width=width, blocks=blocks, levels=levels, epochs=epochs)
+
+
+def _datastats_proxy_datalist(stats_file: Any) -> str | None:
+    import yaml
+
+    try:
+        section = (yaml.safe_load(Path(str(stats_file)).read_text()) or {}).get("proxy_data") or {}
+    except (OSError, TypeError, ValueError, yaml.YAMLError):
+        return None
+    path = section.get("datalist") if isinstance(section, dict) else None
+    if not path:
+        return None
+    path = Path(str(path))
+    if not path.is_absolute():
+        path = Path(str(stats_file)).parent / path
+    return str(path) if path.is_file() else None
 
 
 class ProxyOptunaGen(OptunaGen):
@@ -61,7 +80,14 @@ class ProxyOptunaGen(OptunaGen):
                  device_setting: Mapping[str, Any] | None = None) -> None:
         fixed = {k: v for k, v in (params or {}).items() if k != "fill_with_datastats"}
         super().__init__(algo=algo, params=params)
-        self.space = space if isinstance(space, SearchSpace) else load_space(space)
+        from proxy_bundle.templates.adapters import adapter_for
+
+        adapter = adapter_for(str(getattr(algo, "name", "") or ""))
+        if space is None and adapter is not None:
+            # MONAI's own templates: the default space in the template's own setting names.
+            self.space = parse_space(adapter.space, source=f"<{adapter.name} default>")
+        else:
+            self.space = space if isinstance(space, SearchSpace) else load_space(space)
         self.fidelity = fidelity
         self.fold = fold
         # Every trial re-exports the bundle from the data stats, so the fixed params travel as overrides too.

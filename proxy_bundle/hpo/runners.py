@@ -446,7 +446,9 @@ class AlgoRunner:
             fid = {k: v for k, v in fid.items() if not k.startswith("proxy#")}
         out.update(fid)
         out.update(params)
-        out["ckpt_path"] = str(trial_dir / "model")
+        if adapter is None:
+            # MONAI's templates keep their own checkpoint folder (their log files are placed relative to it).
+            out["ckpt_path"] = str(trial_dir / "model")
         out["fold"] = self.fold
         return out
 
@@ -470,6 +472,7 @@ class AlgoRunner:
             set_config_values(bundle, overrides)
             if not self._cuda():
                 adapter.patch_for_cpu(bundle)
+            overrides["ckpt_path"] = str(adapter.ckpt_dir(bundle))
         write_yaml(trial_dir / "overrides.yaml", overrides)
         return algo, overrides
 

@@ -202,10 +202,13 @@ class TemplateAdapter:
         return {} if cuda else dict(self.cpu_settings)
 
     def patch_for_cpu(self, bundle_dir: str | os.PathLike) -> list[str]:
-        """Apply :attr:`cpu_patches` to the exported copy; returns the scripts changed."""
+        """Apply :attr:`cpu_patches` to a copy of the template (its installed copy in a work dir or an exported
+        bundle; never MONAI's original); returns the scripts changed."""
         changed = []
         for script, old, new in self.cpu_patches:
             path = Path(bundle_dir) / script
+            if not path.is_file():
+                continue
             text = path.read_text()
             if old in text:
                 path.write_text(text.replace(old, new))
@@ -229,6 +232,10 @@ _LR_WD = {
 
 _CUDA0 = 'torch.device("cuda:0")'
 _CUDA0_OR_CPU = 'torch.device("cuda:0" if torch.cuda.is_available() else "cpu")'
+# swinunetr sizes batches and epochs from the free memory of the visible GPUs (min() of an empty list without
+# one); with no GPU it is sized as for the smallest GPU (batch 1).
+_GPU_MEM = "    return available_mem_visible_gpus\n"
+_GPU_MEM_OR_NONE = "    return available_mem_visible_gpus or [0]\n"
 
 ADAPTERS: dict[str, TemplateAdapter] = {
     "segresnet": TemplateAdapter(
@@ -249,7 +256,7 @@ ADAPTERS: dict[str, TemplateAdapter] = {
         # The pretrained weights come from a download and fit only feature_size 48.
         defaults={"use_pretrain": False},
         cpu_settings={"amp": False},
-        cpu_patches=(("scripts/train.py", _CUDA0, _CUDA0_OR_CPU),),
+        cpu_patches=(("scripts/train.py", _CUDA0, _CUDA0_OR_CPU), ("scripts/algo.py", _GPU_MEM, _GPU_MEM_OR_NONE)),
         space=dict(_LR_WD),
     ),
     "dints": TemplateAdapter(
