@@ -232,8 +232,8 @@ _LR_WD = {
 
 _CUDA0 = 'torch.device("cuda:0")'
 _CUDA0_OR_CPU = 'torch.device("cuda:0" if torch.cuda.is_available() else "cpu")'
-# swinunetr sizes batches and epochs from the free memory of the visible GPUs (min() of an empty list without
-# one); with no GPU it is sized as for the smallest GPU (batch 1).
+# swinunetr and dints size batches and epochs from the free memory of the visible GPUs (min() of an empty list
+# without one); with no GPU they are sized as for the smallest GPU (batch 1).
 _GPU_MEM = "    return available_mem_visible_gpus\n"
 _GPU_MEM_OR_NONE = "    return available_mem_visible_gpus or [0]\n"
 
@@ -269,7 +269,8 @@ ADAPTERS: dict[str, TemplateAdapter] = {
                                           "map_location=torch.device('cpu'), weights_only=False)",
             "training_network#dints_space#device": "$torch.device('cpu')",
         },
-        cpu_patches=(("scripts/train.py", _CUDA0, _CUDA0_OR_CPU),),
+        cpu_patches=(("scripts/train.py", _CUDA0, _CUDA0_OR_CPU), ("scripts/train.py", _GPU_MEM, _GPU_MEM_OR_NONE),
+                     ("scripts/algo.py", _GPU_MEM, _GPU_MEM_OR_NONE)),
         space={
             "training#learning_rate": {"type": "float", "low": 0.02, "high": 0.5, "log": True},
             "training#optimizer#weight_decay": {"type": "float", "low": 1.0e-6, "high": 1.0e-3, "log": True},
