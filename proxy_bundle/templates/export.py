@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 
@@ -132,7 +132,7 @@ def _ckpt_dir(bundle: Path, adapter: Any) -> Path:
 
 
 def export(work_dir: str = "work", out: str | None = None, study_name: str | None = None,
-           folds: str = "all") -> None:
+           folds: Literal["all", "trained"] = "all", with_model: bool = True) -> None:
     """Write the search's winner into an AutoRunner work dir (see the module docstring).
 
     Args:
@@ -141,6 +141,8 @@ def export(work_dir: str = "work", out: str | None = None, study_name: str | Non
         study_name: which search of W (default: the latest, W/hpo/results.json).
         folds: "all" (one folder per datalist fold; the searched fold carries the trained model) or "trained"
             (only the searched fold).
+        with_model: copy the trained model and its score into the searched fold's folder (false: settings only,
+            every folder untrained, so AutoRunner(train=None) trains them all).
     """
     from proxy_bundle.hpo.runners import AlgoRunner
 
@@ -185,7 +187,8 @@ def export(work_dir: str = "work", out: str | None = None, study_name: str | Non
     ckpt = Path(str(trial_overrides.get("ckpt_path", trial_dir / "model")))
     model = best.get("model_path")
     written = export_winner(runner.algo, settings, out_dir, wanted, trained_fold=fold,
-                            trained_ckpt=ckpt if model and ckpt.is_dir() else None, score=best.get("score"))
+                            trained_ckpt=ckpt if with_model and model and ckpt.is_dir() else None,
+                            score=best.get("score") if with_model else None)
     print(f"export: {algo_name} (score {best.get('score')}) -> " + ", ".join(str(p) for p in written))
     print(f"ensemble: AutoRunner(work_dir={str(out_dir)!r}, input={str(out_dir / 'input.yaml')!r}, "
           "analyze=False, algo_gen=False, train=False)")
