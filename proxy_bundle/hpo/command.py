@@ -416,7 +416,8 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
 
     if str(trials_per_device).lower() == "auto":
         trials_per_device = 1
-        if on_gpu and packable and todo:
+        # The packing probe runs proxyseg's in-process training; MONAI's templates train one trial per GPU.
+        if on_gpu and packable and todo and adapter is None:
             trials_per_device = _probe(tpl, algo, work, stats, input_file, fold, base, phase1_fid, device_list[0],
                                        Path(config.out_dir) / "probe", probe_s)
     slots = plan_workers(device_list, int(trials_per_device), packable=packable)

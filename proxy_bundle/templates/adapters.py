@@ -235,6 +235,9 @@ _CUDA0_OR_CPU = 'torch.device("cuda:0" if torch.cuda.is_available() else "cpu")'
 # swinunetr and dints size batches and epochs from the free memory of the visible GPUs (min() of an empty list
 # without one); with no GPU they are sized as for the smallest GPU (batch 1).
 _GPU_MEM = "    return available_mem_visible_gpus\n"
+# "one GPU or rank 0" checks call dist.get_rank() (no process group) when there are zero GPUs.
+_ONE_GPU = "torch.cuda.device_count() == 1 or dist.get_rank() == 0"
+_AT_MOST_ONE_GPU = "torch.cuda.device_count() <= 1 or dist.get_rank() == 0"
 _GPU_MEM_OR_NONE = "    return available_mem_visible_gpus or [0]\n"
 
 ADAPTERS: dict[str, TemplateAdapter] = {
@@ -256,7 +259,8 @@ ADAPTERS: dict[str, TemplateAdapter] = {
         # The pretrained weights come from a download and fit only feature_size 48.
         defaults={"use_pretrain": False},
         cpu_settings={"amp": False},
-        cpu_patches=(("scripts/train.py", _CUDA0, _CUDA0_OR_CPU), ("scripts/algo.py", _GPU_MEM, _GPU_MEM_OR_NONE)),
+        cpu_patches=(("scripts/train.py", _CUDA0, _CUDA0_OR_CPU), ("scripts/train.py", _ONE_GPU, _AT_MOST_ONE_GPU),
+                     ("scripts/algo.py", _GPU_MEM, _GPU_MEM_OR_NONE)),
         space=dict(_LR_WD),
     ),
     "dints": TemplateAdapter(
@@ -270,6 +274,7 @@ ADAPTERS: dict[str, TemplateAdapter] = {
             "training_network#dints_space#device": "$torch.device('cpu')",
         },
         cpu_patches=(("scripts/train.py", _CUDA0, _CUDA0_OR_CPU), ("scripts/train.py", _GPU_MEM, _GPU_MEM_OR_NONE),
+                     ("scripts/train.py", _ONE_GPU, _AT_MOST_ONE_GPU),
                      ("scripts/algo.py", _GPU_MEM, _GPU_MEM_OR_NONE)),
         space={
             "training#learning_rate": {"type": "float", "low": 0.02, "high": 0.5, "log": True},
