@@ -258,7 +258,8 @@ ADAPTERS: dict[str, TemplateAdapter] = {
         model_file="best_metric_model.pt",
         # The pretrained weights come from a download and fit only feature_size 48.
         defaults={"use_pretrain": False},
-        cpu_settings={"amp": False},
+        # amp stays on without CUDA: the template imports autocast only when amp is on, and torch turns CUDA
+        # autocast and GradScaler into no-ops on a machine without CUDA.
         cpu_patches=(("scripts/train.py", _CUDA0, _CUDA0_OR_CPU), ("scripts/train.py", _ONE_GPU, _AT_MOST_ONE_GPU),
                      ("scripts/algo.py", _GPU_MEM, _GPU_MEM_OR_NONE)),
         space=dict(_LR_WD),
@@ -267,8 +268,8 @@ ADAPTERS: dict[str, TemplateAdapter] = {
         name="dints", network=None, network_key="training_network#dints_space", size_keys=("channel_mul",),
         epochs_key="training#num_epochs", validation_key="training#num_epochs_per_validation",
         model_file="best_metric_model.pt",
+        # training#amp stays on without CUDA, as for swinunetr (autocast is imported only when amp is on).
         cpu_settings={
-            "training#amp": False,
             "training_network#arch_ckpt": "$torch.load(@training_network#arch_ckpt_path, "
                                           "map_location=torch.device('cpu'), weights_only=False)",
             "training_network#dints_space#device": "$torch.device('cpu')",
