@@ -491,6 +491,8 @@ def _load_array(path: Path, what: str, case: str) -> tuple[np.ndarray, np.ndarra
 
     if not path.is_file():
         raise InputError(f"{what} file not found: {path}", where=case)
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
+        return _load_with_monai(path, what, case)
     try:
         img = nib.load(os.fspath(path))
         # dataobj applies scl_slope/inter but keeps the stored dtype otherwise (get_fdata would
@@ -503,6 +505,22 @@ def _load_array(path: Path, what: str, case: str) -> tuple[np.ndarray, np.ndarra
     return data, affine
 
 
+def _load_with_monai(path: Path, what: str, case: str) -> tuple[np.ndarray, np.ndarray]:
+    """(data, affine) of a non-NIfTI file (``.mha``, ``.nrrd``, ...) read by the reader MONAI's ``LoadImage``
+    picks for it, i.e. the reader training will use; its failure (e.g. no ITK installed) is the message."""
+    try:
+        from monai.transforms import LoadImage
+
+        img = LoadImage(image_only=True)(os.fspath(path))
+        data = np.asarray(img)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except Exception as err:  # readers raise anything from OptionalImportError to RuntimeError
+        raise InputError(f"cannot read {what} {path.name} ({type(err).__name__}: {_one_line(err)[:300]})",
+                         where=case) from None
+    _check_geometry(None, affine, what, case)
+    return data, affine
+
+
 def _check_geometry(img: Any, affine: np.ndarray, what: str, case: str) -> None:
     """Voxel sizes and orientation that every reader agrees on.
 
@@ -510,8 +528,8 @@ def _check_geometry(img: Any, affine: np.ndarray, what: str, case: str) -> None:
     whose two disagree is read differently by different tools; a zero, negative or non-finite voxel size makes
     resampling divide by zero or flip the volume.
     """
-    header = img.header
-    if "pixdim" in header:
+    header = getattr(img, "header", None)
+    if header is not None and "pixdim" in header:
         pixdim = np.asarray(header["pixdim"][1:4])
         ndim = int(header["dim"][0])
         pixdim = pixdim[: max(1, min(3, ndim))]

@@ -582,3 +582,15 @@ def test_hpo_end_to_end_on_a_validation_list_datalist(tmp_path, capsys, monkeypa
                           "--proxy", "data", "--data_fraction", "0.5", "--epochs", "1", "--overrides",
                           json.dumps(tiny), "--progress", "false"], capsys)
     assert code == 2 and err.splitlines()[-1].startswith("error: study 'proxyseg-data': this study holds 2 finished")
+
+
+def test_other_formats_are_read_by_monai_reader(tmp_path):
+    from proxy_bundle.errors import InputError
+
+    # .npy: MONAI's NumpyReader reads it (identity affine), so it passes as training will read it
+    np.save(tmp_path / "case.npy", _image(0))
+    assert check_case(tmp_path / "case.npy").shape == (N, N, N)
+    # a file no installed reader can read: the reader's own reason, one line
+    (tmp_path / "case.mha").write_bytes(b"garbage")
+    with pytest.raises(InputError, match=r"^case\.mha: cannot read image case\.mha \(\w+: "):
+        check_case(tmp_path / "case.mha")
