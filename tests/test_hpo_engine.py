@@ -360,3 +360,47 @@ def test_packed_workers_survive_a_crashed_worker(tmp_path, monkeypatch):
     assert len(workers) >= 2  # the trials were spread over the workers
     phase2 = optuna.load_study(study_name="toy-phase2", storage=storage).get_trials()
     assert sorted(t.state.name for t in phase2 if not t.user_attrs.get("surplus")) == ["COMPLETE", "COMPLETE"]
+
+
+def test_timeout_bounds_phase_one_and_a_rerun_continues(tmp_path, monkeypatch):
+    import dataclasses
+
+    from proxy_bundle.hpo.engine import TwoPhaseSearch
+    from proxy_bundle.hpo.runners import CommandRunner
+
+    sys.path.insert(0, str(HERE))
+    try:
+        from hpo_toy_search import config
+    finally:
+        sys.path.remove(str(HERE))
+    monkeypatch.setenv("TOY_SLEEP", "0.5")  # >= 1 s per trial (2 epochs): at most 2 of 4 start within 2 s
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    runner = CommandRunner([sys.executable, str(HERE / "hpo_toy_trainer.py"), "run"], poll_s=0.05)
+    search = TwoPhaseSearch(config(str(tmp_path / "a"), n_trials=4, top_k=1), runner, url)
+    search.prepare()
+    search.config = dataclasses.replace(search.config, deadline=time.time() + 2.0)
+    first = search.run()
+    done = [t for t in first.phase1 if t.state.name == "COMPLETE"]
+    assert first.stopped_by == "timeout" and 1 <= len(done) < 4
+    assert [t.user_attrs["source_trial"] for t in first.phase2 if t.state.name == "COMPLETE"] == [
+        first.best_trial.user_attrs["source_trial"]]
+    again = TwoPhaseSearch(config(str(tmp_path / "a"), n_trials=4, top_k=1), runner, url).run()
+    assert again.stopped_by is None
+    assert sorted(t.user_attrs["slot"] for t in again.phase1 if t.state.name == "COMPLETE") == [0, 1, 2, 3]
+
+
+def test_resumable_trial_dir_keeps_only_the_checkpoint(tmp_path):
+    from proxy_bundle.hpo.runners import resumable_trial_dir
+
+    trial = tmp_path / "slot0002"
+    (trial / "model").mkdir(parents=True)
+    (trial / "proxyseg" / "configs").mkdir(parents=True)
+    (trial / "train.log").write_text("old")
+    (trial / "model" / "progress.yaml").write_text("[]")
+    assert resumable_trial_dir(trial) == trial and not (trial / "model").exists() and not (trial / "train.log").exists()
+    (trial / "model").mkdir()
+    (trial / "model" / "last.pt").write_bytes(b"x")
+    (trial / "proxyseg").mkdir()
+    (trial / "train.log").write_text("old")
+    resumable_trial_dir(trial)
+    assert sorted(p.name for p in trial.iterdir()) == ["model"] and (trial / "model" / "last.pt").is_file()
