@@ -3,8 +3,9 @@
 Both searches use the same phantom dataset, work dir (analysis, preprocessing cache), seed, search space and
 sampler (slot-seeded random sampling, so slot i is the same configuration in both), through the ``hpo`` command:
 
-* ``--part full``: ``proxy=none``, ``n`` configurations trained one at a time on one device (one worker, as
-  Auto3DSeg's ``AutoRunner``/``OptunaGen`` train trial after trial);
+* ``--part full``: ``proxy=none``, ``n`` configurations trained one at a time on one device, each in a fresh
+  training process, as Auto3DSeg's ``OptunaGen``/``BundleAlgo.train`` run trial after trial (``--full_in_worker``:
+  in one long-lived worker instead);
 * ``--part proxy``: ``proxy=both`` (proxy data + width-scaled network), trials packed ``--trials_per_device`` per GPU
   (``auto``: measured by the search's own probe), then the top-1 retrained at full fidelity;
 * ``--part report``: writes the JSON (``--out``) and prints the figures.
@@ -91,7 +92,8 @@ def run_part(args: argparse.Namespace, part: str, work: Path) -> None:
         return
     common = _common(args, work, data)
     if part == "full":
-        kwargs = dict(common, proxy="none", trials_per_device=1, study_name="bench-full")
+        kwargs = dict(common, proxy="none", trials_per_device=1, study_name="bench-full",
+                      per_trial_process=args.full_trial_process)
     else:
         kwargs = dict(common, proxy="both", trials_per_device=args.trials_per_device, study_name="bench-proxy",
                       probe_s=args.probe_s)
@@ -150,6 +152,7 @@ def report(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         # the timed search, on the same proxy network.
         probe = _probe_now(args, work, hpo_dir)
     ratio = probe.get("throughput_ratio") if probe else None
+    ratio_n = probe.get("trials_per_device") if probe else None
     full_s, proxy_s = state["full"]["wall_s"], state["proxy"]["wall_s"]
     out = {
         "speedup": full_s / proxy_s,
@@ -166,6 +169,8 @@ def report(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "chosen_in_full_search": chosen_full is not None,
         "proxy_search_final_dice": prox["best"]["score"],
         "trials_per_device": prox.get("devices", {}).get("trials_per_device"),
+        "packed_trials_in_ratio": ratio_n,
+        "full_search_trial_process": bool(args.full_trial_process),
         "probe": probe,
         "invocations": {k: state[k]["invocations"] for k in ("full", "proxy")},
         "settings": {k: v for k, v in vars(args).items() if k not in ("part", "out", "work")},
@@ -181,7 +186,8 @@ def report(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     print(f"gpu search on {out['gpu']}: full-fidelity search {full_s:.0f} s ({args.n} configs one at a time) vs "
           f"packed proxy search {proxy_s:.0f} s = {out['speedup']:.2f}x; regret {out['regret']:.4f} Dice "
           f"(best {reference:.4f}, chosen {chosen_score:.4f}); packed throughput "
-          + (f"{ratio:.2f}x" if ratio else "n/a") + f" at {out['trials_per_device']} per device; per-trial overhead "
+          + (f"{ratio:.2f}x with {ratio_n} concurrent" if ratio else "n/a")
+          + f" (the search ran {out['trials_per_device']} per device); per-trial overhead "
           + (f"{out['overhead_fraction']:.1%}" if out["overhead_fraction"] is not None else "n/a")
           + (f", validation {out['validation_fraction']:.1%}" if out["validation_fraction"] is not None else "")
           + " of a proxy trial")
@@ -223,6 +229,9 @@ def main() -> None:
     ap.add_argument("--budget_s", type=float, default=None,
                     help="stop starting trials after this many seconds of a command (re-run the part to go on)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--full_in_worker", dest="full_trial_process", action="store_false",
+                    help="train the full search in a long-lived worker too (default: a fresh process per trial, "
+                         "as Auto3DSeg's BundleAlgo.train)")
     args = ap.parse_args()
     if args.trials_per_device != "auto":
         args.trials_per_device = int(args.trials_per_device)

@@ -252,7 +252,7 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         baseline: str | None = None,
         grace_s: float = 60.0, trial_timeout: float | None = None, progress: bool = True, devices: str = "auto",
         trials_per_device: int | str = "auto", timeout: float | None = None, val_every: int | str | None = "auto",
-        probe_s: float = 8.0) -> None:
+        probe_s: float = 8.0, per_trial_process: bool = False) -> None:
     """Two-phase proxy hyper-parameter search: trials at proxy fidelity, then the top-k retrained at full fidelity.
 
     Re-running the same command resumes an interrupted search; several workers given the same --storage
@@ -303,6 +303,8 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         val_every: validate every this many epochs and after the last; auto: about 5 validations per trial when
             --epochs/--proxy_epochs are given (else the template's schedule).
         probe_s: seconds each concurrent training runs in the --trials_per_device auto probe.
+        per_trial_process: start a fresh training process for every trial, as Auto3DSeg's BundleAlgo.train does
+            (slower; the workers then only schedule), instead of training in the long-lived workers.
     """
     from proxy_bundle.hpo.sampling import PRUNERS, SAMPLERS
 
@@ -432,7 +434,7 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
             base["num_workers"] = int(num_workers)
     runner_spec = {"templates": str(tpl), "algo": algo, "work_dir": str(work), "datastats": str(stats),
                    "input_file": str(input_file), "fold": int(fold), "base_overrides": base,
-                   "timeout_s": trial_timeout}
+                   "timeout_s": trial_timeout, "kind": "process" if per_trial_process else "in-process"}
     print(f"hpo: study {name!r} in {mask_url(url)}: {n_trials} trial(s) at {phase1_fid.name}"
           + (f", then top {top_k} at full fidelity" if config.two_phase else "")
           + f"; {len(slots)} worker(s) on {', '.join(sorted({s.label.rsplit('.', 1)[0] for s in slots}))}"
@@ -443,8 +445,8 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         workers = run_workers(WorkerSpec(url=url, search=search_dict(config), runner=runner_spec), slots,
                               Path(config.out_dir) / "workers")
     # Everything is trained by now; this pass collects the result (and trains whatever workers left undone).
-    runner = InProcessAlgoRunner.from_templates(tpl, algo, work, stats, input_file, fold=fold, base_overrides=base,
-                                                timeout_s=trial_timeout)
+    runner = (AlgoRunner if per_trial_process else InProcessAlgoRunner).from_templates(
+        tpl, algo, work, stats, input_file, fold=fold, base_overrides=base, timeout_s=trial_timeout)
     summary = run_search(config, runner, url, proxy_mode=proxy, baseline=baseline, latest_dir=hpo_dir,
                          extra={"devices": {"workers": workers["workers"], "trials_per_device": int(trials_per_device),
                                             "devices": device_list, "num_workers": base.get("num_workers")}})

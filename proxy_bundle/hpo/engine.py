@@ -51,10 +51,17 @@ from proxy_bundle.hpo.storage import mask_text, mask_url, open_storage
 __all__ = ["SearchConfig", "SearchOutcome", "TwoPhaseSearch", "phase2_name"]
 
 log = logging.getLogger("proxy_bundle.hpo")
-# The search drives trials with ask/tell and runs Optuna's own heartbeat thread for each (as Study.optimize does).
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="optuna")
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module=__name__)
+
+
+@contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Optuna flags its RDB heartbeat API as experimental and warns that heartbeats are meant for Study.optimize;
+    the search drives trials with ask/tell and runs Optuna's heartbeat thread for each (as Study.optimize does),
+    so those warnings would only be noise on the console (and they must not end up in one-line error output)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        yield
 
 # user attribute keys
 PHASE, RANK, WORKER, FIDELITY = "phase", "rank", "worker", "fidelity"
@@ -173,10 +180,11 @@ class TwoPhaseSearch:
         self.config = config
         self.runner = runner
         self.url = storage_url
-        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=int(config.max_retry))
-        self.storage = open_storage(storage_url, heartbeat_interval=max(1, int(round(config.heartbeat_s))),
-                                    grace_period=max(2, int(round(config.grace_s))),
-                                    heartbeat_stale_trial_callback=self.retry)
+        with _quiet_optuna():
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=int(config.max_retry))
+            self.storage = open_storage(storage_url, heartbeat_interval=max(1, int(round(config.heartbeat_s))),
+                                        grace_period=max(2, int(round(config.grace_s))),
+                                        heartbeat_stale_trial_callback=self.retry)
         self.me = _worker_id()
         self._mine: set[int] = set()
         self.out_dir = ensure_dir(Path(config.out_dir))
@@ -433,12 +441,17 @@ class TwoPhaseSearch:
     # ---------------------------------------------------------------- entry point
     def prepare(self) -> optuna.Study:
         """Create (or load) the phase-1 study and check that it is this search (:class:`InputError` if not)."""
-        study = self._study(self.config.study_name, phase=1)
-        self._check_fingerprint(study)
+        with _quiet_optuna():
+            study = self._study(self.config.study_name, phase=1)
+            self._check_fingerprint(study)
         return study
 
     def finished(self) -> bool:
         """Is there nothing left to train (every slot done or out of time, the current top-k retrained)?"""
+        with _quiet_optuna():
+            return self._finished()
+
+    def _finished(self) -> bool:
         c = self.config
         study = self._study(c.study_name, phase=1)
         trials = study.get_trials(deepcopy=False)
@@ -467,7 +480,7 @@ class TwoPhaseSearch:
         """Run this worker until the search is finished (by it and any other workers). Returns ``None`` for a
         worker that does not take part in phase 2 (``config.phase2`` false) once it has nothing left to train."""
         c = self.config
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), _quiet_optuna():
             t0 = time.time()
             study = self._study(c.study_name, phase=1)
             self._check_fingerprint(study)

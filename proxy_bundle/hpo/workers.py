@@ -69,16 +69,18 @@ def search_config(data: Mapping[str, Any], **changes: Any) -> Any:
 
 
 def build_runner(data: Mapping[str, Any]) -> Any:
-    """The runner of a worker from ``WorkerSpec.runner``: an algorithm template trained in-process (default), or
+    """The runner of a worker from ``WorkerSpec.runner``: an algorithm template trained in-process (default),
+    ``"kind": "process"`` for one training process per trial (as ``BundleAlgo.train``), or
     ``{"kind": "command", "command": [...]}`` for any training command (:class:`CommandRunner`)."""
     from proxy_bundle.hpo.inprocess import InProcessAlgoRunner
-    from proxy_bundle.hpo.runners import CommandRunner
+    from proxy_bundle.hpo.runners import AlgoRunner, CommandRunner
 
     if data.get("kind") == "command":
         return CommandRunner(data["command"], base_overrides=data.get("base_overrides"),
                              poll_s=float(data.get("poll_s", 0.5)), timeout_s=data.get("timeout_s"))
 
-    return InProcessAlgoRunner.from_templates(
+    cls = AlgoRunner if data.get("kind") == "process" else InProcessAlgoRunner
+    return cls.from_templates(
         data["templates"], data["algo"], data["work_dir"], data["datastats"], data["input_file"],
         fold=int(data["fold"]), base_overrides=dict(data["base_overrides"]), timeout_s=data.get("timeout_s"))
 
