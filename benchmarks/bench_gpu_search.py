@@ -22,7 +22,7 @@ mean over proxy trials of (trial wall - training - validation seconds) / trial w
     python benchmarks/bench_gpu_search.py --part all --work runs/gpu_search --out benchmarks/results/gpu_search.json
 
 H200 sizing (defaults): 24 training cases of 96^3, SegResNetDS 32 filters, roi 96^3, batch 2, AMP, 16
-configurations, 12 epochs. A small CPU size: ``--size 32 --cases 12 --n 6 --epochs 4 --filters 8``.
+configurations, 8 epochs (benchmarks/gpu_search_h200.sh). A small CPU size: ``--size 32 --cases 12 --n 6 --epochs 4 --filters 8``.
 """
 
 from __future__ import annotations
@@ -75,6 +75,8 @@ def prepare(args: argparse.Namespace, work: Path) -> Path:
 def _common(args: argparse.Namespace, work: Path, data: Path) -> dict[str, Any]:
     overrides = {"roi_size": [args.roi] * 3, "batch_size": args.batch_size, "network#init_filters": args.filters,
                  "network#name": "segresnetds", "amp": True}
+    if args.spacing:
+        overrides["spacing"] = [float(v) for v in args.spacing.split(",")]
     return dict(input=str(data), work_dir=str(work / "work"), n_trials=args.n, top_k=1, seed=args.seed,
                 sampler="random", epochs=args.epochs, proxy_epochs=args.proxy_epochs or args.epochs,
                 data_fraction=args.data_fraction, width=args.width, overrides=overrides, progress=False,
@@ -173,6 +175,8 @@ def report(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "full_search_trial_process": bool(args.full_trial_process),
         "probe": probe,
         "invocations": {k: state[k]["invocations"] for k in ("full", "proxy")},
+        "training_cases": args.cases,
+        "resampled_min_shape": _resampled_min_shape(work / "data", args.spacing),
         "settings": {k: v for k, v in vars(args).items() if k not in ("part", "out", "work")},
         "full_trials": [{"slot": t["slot"], "score": t["score"], "wall_s": t["wall_s"], "train_s": t.get("train_s"),
                          "val_s": t.get("val_s")} for t in full["trials"] if t["phase"] == 1],
@@ -192,6 +196,22 @@ def report(args: argparse.Namespace, work: Path) -> dict[str, Any]:
           + (f", validation {out['validation_fraction']:.1%}" if out["validation_fraction"] is not None else "")
           + " of a proxy trial")
     return out
+
+
+def _resampled_min_shape(data: Path, spacing: str | None) -> list[int] | None:
+    """Smallest image side per axis after resampling to ``spacing`` (or to the median spacing, as the template)."""
+    import nibabel as nib
+    import numpy as np
+
+    entries = json.loads((data / "datalist.json").read_text())["training"]
+    shapes, zooms = [], []
+    for e in entries:
+        img = nib.load(str(data / e["image"]))
+        shapes.append(np.asarray(img.shape[:3], float))
+        zooms.append(np.asarray(img.header.get_zooms()[:3], float))
+    target = (np.asarray([float(v) for v in spacing.split(",")]) if spacing else np.median(np.stack(zooms), axis=0))
+    sides = [np.floor(sh * z / target) for sh, z in zip(shapes, zooms)]
+    return [int(v) for v in np.min(np.stack(sides), axis=0)]
 
 
 def _probe_now(args: argparse.Namespace, work: Path, hpo_dir: Path) -> dict[str, Any] | None:
@@ -218,7 +238,7 @@ def main() -> None:
     ap.add_argument("--filters", type=int, default=32)
     ap.add_argument("--batch_size", type=int, default=2)
     ap.add_argument("--n", type=int, default=16, help="configurations in each search")
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--proxy_epochs", type=int, default=None)
     ap.add_argument("--val_every", default="auto")
     ap.add_argument("--data_fraction", type=float, default=0.25)
@@ -229,6 +249,8 @@ def main() -> None:
     ap.add_argument("--budget_s", type=float, default=None,
                     help="stop starting trials after this many seconds of a command (re-run the part to go on)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--spacing", default=None,
+                    help="resampling spacing in mm, e.g. 0.7,0.7,1.4 (default: the template's, the median spacing)")
     ap.add_argument("--full_in_worker", dest="full_trial_process", action="store_false",
                     help="train the full search in a long-lived worker too (default: a fresh process per trial, "
                          "as Auto3DSeg's BundleAlgo.train)")
