@@ -6,7 +6,7 @@ network on all training cases, once with the proxy network (``--width``/``--bloc
 ``select_proxy_data`` (``--fraction``). Prints the wall time of both trials (including process start-up and data
 loading, as a search pays them), their speed-up and their validation Dice.
 
-    python benchmarks/bench_bundle_trial.py --bundle spleen_ct_proxy --epochs 10 --size 64 --cases 24
+    python benchmarks/bench_bundle_trial.py --bundle spleen_ct_proxy_segmentation --epochs 10 --size 64 --cases 24
 
 Timings are wall-clock on whatever machine runs the script; run it on a quiet machine for figures worth quoting.
 """
@@ -24,12 +24,26 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-TASKS = {"spleen_ct_proxy": "spleen_ct", "prostate_mr_proxy": "prostate_mr"}
+TASKS = {"spleen_ct_proxy_segmentation": "spleen_ct", "prostate_mri_proxy_segmentation": "prostate_mr"}
+
+
+def bundle_split(bundle: Path, overrides: dict) -> dict:
+    """The bundle's own train/validation split (its ``split`` config id) for ``overrides``."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.update(overrides)
+    sys.path.insert(0, str(bundle))  # the config imports the bundle's own `scripts` package
+    try:
+        return parser.get_parsed_content("split")
+    finally:
+        sys.path.remove(str(bundle))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", choices=sorted(TASKS), default="spleen_ct_proxy")
+    ap.add_argument("--bundle", choices=sorted(TASKS), default="spleen_ct_proxy_segmentation")
     ap.add_argument("--data", help="MSD-layout dataset (default: generate phantoms)")
     ap.add_argument("--cases", type=int, default=24, help="phantom training cases")
     ap.add_argument("--size", type=int, default=64, help="phantom size (voxels per axis)")
@@ -43,8 +57,7 @@ def main() -> None:
                     help='extra train-config override for both trials, e.g. --set pixdim=[0.75,0.75,1.5]')
     args = ap.parse_args()
 
-    from proxy_bundle.bundle_support import select_proxy_data
-    from proxy_bundle.hpo.bundle_runner import BundleRunner
+    from proxy_bundle.hpo.bundle_runner import BundleRunner, select_proxy_data
     from proxy_bundle.hpo.runners import Fidelity
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_bundle_trial_"))
@@ -64,7 +77,8 @@ def main() -> None:
         base[key] = json.loads(value)
     runner = BundleRunner(REPO / "bundles" / args.bundle, base_overrides=base, env=env)
     t0 = time.monotonic()
-    proxy_list = select_proxy_data(data, work / "proxy_datalist.json", fraction=args.fraction)
+    proxy_list = select_proxy_data(bundle_split(REPO / "bundles" / args.bundle, base), data,
+                                   work / "proxy_datalist.json", fraction=args.fraction)
     select_s = time.monotonic() - t0
     fidelities = {
         "full": Fidelity(name="full", epochs=args.epochs),

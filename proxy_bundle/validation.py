@@ -37,7 +37,10 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from proxy_bundle.errors import InputError
+try:
+    from proxy_bundle.errors import InputError
+except ImportError:  # pragma: no cover - the copy in a MONAI bundle's scripts/ (bundles/*/scripts), without proxy_bundle
+    from .errors import InputError  # type: ignore[no-redef]
 
 __all__ = [
     "CaseInfo",

@@ -3,33 +3,35 @@
 A trial's settings reach the bundle as command-line overrides of its config ids (``--learning_rate``,
 ``--aug_prob_flip``, ...). The fidelity maps onto the bundle keys every bundle in ``bundles/`` defines:
 ``proxy_datalist`` (proxy data), ``proxy_width`` / ``proxy_blocks`` / ``proxy_levels`` (the
-:class:`~proxy_bundle.networks.scaling.ProxySpec` of ``network_def``) and ``max_epochs``. Each trial writes its
+:class:`~proxy_bundle.networks.scaling.ProxySpec` of ``network_def``) and ``epochs``. Each trial writes its
 checkpoints, TensorBoard logs and ``progress.yaml`` under its own trial directory (``ckpt_dir`` / ``log_dir`` /
 ``progress_file`` overrides), so trials never share files and the bundle folder itself is left untouched.
 
-Per-epoch validation Dice comes from the ``progress.yaml`` that
-:class:`proxy_bundle.bundle_support.ProgressWriter` rewrites after every validation;
+Per-epoch validation Dice comes from the ``progress.yaml`` that the bundle's own ``scripts/progress.py``
+(``ProgressWriter``) rewrites after every validation;
 :func:`proxy_bundle.hpo.runners.launch_and_poll` follows it, reports each epoch to the search and kills the
 training process group when the trial is pruned.
 
-:func:`run_bundle_search` is what a bundle's ``configs/hpo.json`` calls as its ``run`` step.
+:func:`run_bundle_search` is what a bundle's ``configs/hpo.json`` calls as its ``run`` step, after
+:func:`select_proxy_data` has chosen the proxy cases among the bundle's own training split.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from proxy_bundle.atomic import ensure_dir, write_yaml
-from proxy_bundle.bundle_support import flag
+from proxy_bundle.atomic import ensure_dir, write_json, write_yaml
 from proxy_bundle.errors import InputError
 from proxy_bundle.hpo.runners import (
     PROGRESS_FILE, Fidelity, ReportFn, TrialResult, fire_value, fresh_trial_dir, launch_and_poll,
 )
 
-__all__ = ["BundleRunner", "fidelity_overrides", "proxy_mode", "run_bundle_search"]
+__all__ = ["BundleRunner", "fidelity_overrides", "proxy_mode", "run_bundle_search", "select_proxy_data"]
 
 #: Config ids a trial sets for its own paths; a search space or base override may not touch them.
 TRIAL_PATH_KEYS = ("ckpt_dir", "log_dir", "output_dir", "progress_file", "resume")
@@ -44,7 +46,7 @@ def fidelity_overrides(fidelity: Fidelity) -> dict[str, Any]:
         "proxy_levels": None if fidelity.levels is None else int(fidelity.levels),
     }
     if fidelity.epochs is not None:
-        out["max_epochs"] = int(fidelity.epochs)
+        out["epochs"] = int(fidelity.epochs)
     return out
 
 
@@ -177,7 +179,7 @@ def run_bundle_search(config: Any, runner: BundleRunner, storage: str | None = N
     from proxy_bundle.hpo.storage import resolve_url
 
     url = resolve_url(storage, work_dir)
-    plots = flag(plots, where="hpo#plots")
+    plots = _flag(plots, where="hpo#plots")
     latest = ensure_dir(Path(work_dir) / "hpo")
     summary = run_search(config, runner, url, proxy_mode=proxy_mode(config.proxy, config.full),
                          baseline=baseline, latest_dir=latest, plots=plots)
@@ -193,3 +195,56 @@ def run_bundle_search(config: Any, runner: BundleRunner, storage: str | None = N
           f"{summary['outputs'].get('latest_best_params', summary['outputs']['best_params'])}")
     return summary
 
+
+
+def _flag(value: Any, where: str) -> bool:
+    """A config switch as a bool: python-fire keeps lower-case ``true``/``false`` as strings."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    if value is None or isinstance(value, (bool, int)):
+        return bool(value)
+    raise InputError(f"expected true or false, got {value!r}", where=where)
+
+
+def select_proxy_data(split: Mapping[str, Sequence[Mapping[str, Any]]], dataset_dir: str | os.PathLike,
+                      out: str | os.PathLike, *, fraction: float | None = None, count: int | None = None,
+                      metric: str = "mi", mode: str = "roi", strategy: str = "representative", seed: int = 0) -> str:
+    """Select proxy data among a bundle's training cases and write the proxy datalist to ``out``.
+
+    ``split`` is the bundle's own train/validation split (``{"training": [{image, label}], "validation": [...]}``,
+    what its ``scripts.data.split_cases`` returns). The candidates are exactly its training cases; its validation
+    cases go into the proxy datalist's ``validation`` list unchanged, so a proxy run validates on the same cases
+    as a full run. Scoring and choice are :func:`proxy_bundle.selection.subset.run_selection` (``fraction`` or
+    ``count``, ``metric``, ``mode``, ``strategy``). An existing ``out`` made from the same candidates with the
+    same settings is reused, so a resumed search does not select again. Returns the path of the proxy datalist.
+
+    Raises:
+        InputError: an empty split, or what the selection raises for its settings.
+    """
+    from proxy_bundle.selection.subset import default_scores_path, run_selection, write_selection
+
+    out = Path(out)
+    keep = ("image", "label")
+    candidates = {section: [{k: e[k] for k in keep if k in e} for e in split.get(section, [])]
+                  for section in ("training", "validation")}
+    if not candidates["training"]:
+        raise InputError("no training cases to select proxy data from", where=str(dataset_dir))
+    cand_path = write_json(out.with_name(f"{out.stem}_candidates.json"), candidates)
+    settings = {"metric": metric, "mode": mode, "strategy": strategy, "fraction": fraction, "count": count,
+                "seed": seed, "datalist_sha256": hashlib.sha256(cand_path.read_bytes()).hexdigest()}
+    scores_path = default_scores_path(out)
+    if out.is_file() and scores_path.is_file():
+        try:
+            provenance = json.loads(scores_path.read_text()).get("provenance", {})
+        except (OSError, ValueError):
+            provenance = {}
+        if all(provenance.get(k) == v for k, v in settings.items()):
+            print(f"proxy data: reusing {out} (same candidates and settings)")
+            return str(out)
+    selection = run_selection(cand_path, dataset_dir, fraction=fraction, count=count, metric=metric, mode=mode,
+                              strategy=strategy, seed=seed, fold=None, progress=False)
+    write_selection(selection, out)
+    summary = selection.scores["summary"]
+    print(f"proxy data: {summary['n_selected']} of {summary['n_candidates']} training cases "
+          f"({strategy}, {metric}, {mode}) -> {out}")
+    return str(out)

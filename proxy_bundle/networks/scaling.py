@@ -24,7 +24,10 @@ import torch.nn as nn
 from monai.networks.layers.factories import split_args
 from monai.networks.nets import DynUNet, SegResNet, SegResNetDS, SwinUNETR, UNet
 
-from proxy_bundle.errors import InputError
+try:
+    from proxy_bundle.errors import InputError
+except ImportError:  # pragma: no cover - the copy in a MONAI bundle's scripts/ (bundles/*/scripts), without proxy_bundle
+    from .errors import InputError  # type: ignore[no-redef]
 
 __all__ = [
     "MIN_CHANNELS",
