@@ -142,9 +142,9 @@ def _write(path: Path, array: np.ndarray) -> str:
 
 
 def test_case_checks_before_work(data, tmp_path, capsys):
-    good = _write(tmp_path / "a.nii.gz", np.zeros((8, 8, 8), np.float32))
+    good = _write(tmp_path / "a.nii.gz", np.ones((8, 8, 8), np.float32))
     label = _write(tmp_path / "a_seg.nii.gz", np.ones((8, 8, 8), np.uint8))
-    nan = np.zeros((8, 8, 8), np.float32)
+    nan = np.ones((8, 8, 8), np.float32)
     nan[0, 0, 0] = np.nan
     bad = _write(tmp_path / "nan.nii.gz", nan)
     split = {"training": [{"image": good, "label": label}], "validation": [{"image": bad, "label": label}]}
@@ -165,7 +165,7 @@ def test_inference_inputs(data, tmp_path, capsys):
     root = tmp_path / "msd"
     (root / "imagesTs").mkdir(parents=True)
     for name in ("b.nii.gz", "a.nii.gz"):
-        _write(root / "imagesTs" / name, np.zeros((8, 8, 8), np.float32))
+        _write(root / "imagesTs" / name, np.ones((8, 8, 8), np.float32))
     (root / "imagesTs" / "._a.nii.gz").write_bytes(b"resource fork")  # as in the MSD archives
     files = data.inference_inputs(root)
     assert [Path(f).name for f in files] == ["a.nii.gz", "b.nii.gz"]

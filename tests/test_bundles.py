@@ -164,6 +164,10 @@ def test_json_is_pretty_formatted(name):
     for path in sorted((BUNDLES / name).rglob("*.json")):
         text = path.read_text()
         assert text == json.dumps(json.loads(text), indent=4) + "\n", f"{path} is not formatted with indent 4"
+    for path in sorted(p for p in (BUNDLES / name).rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        text = path.read_text()
+        assert text.endswith("\n") and not text.endswith("\n\n"), f"{path}: end-of-file-fixer"
+        assert not re.search(r"[ \t]$", text, flags=re.M), f"{path}: trailing whitespace"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -362,9 +366,10 @@ def test_multi_gpu_evaluate_over_two_cpu_processes(trained):
     configs = "['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']"
     _bundle_cli(root, "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m", "monai.bundle", "run",
                 "--config_file", configs, "--meta_file", "configs/metadata.json", *_cli_args(trained["zoo"]),
-                "--output_dir=eval_mgpu", env=_env(), launcher=("-m", "torch.distributed.run"))
-    metrics = (root / "eval_mgpu" / "metrics.csv").read_text()
-    assert "val_mean_dice" in metrics
+                "--num_folds=2", "--output_dir=eval_mgpu", env=_env(), launcher=("-m", "torch.distributed.run"))
+    # two validation cases, one per process, gathered into one metric and one row per case
+    assert "val_mean_dice" in (root / "eval_mgpu" / "metrics.csv").read_text()
+    assert len((root / "eval_mgpu" / "val_mean_dice_raw.csv").read_text().strip().splitlines()) == 1 + 2
 
 
 def test_bad_input_stops_with_one_line(tmp_path, no_proxy_bundle):
@@ -375,7 +380,7 @@ def test_bad_input_stops_with_one_line(tmp_path, no_proxy_bundle):
     data = tmp_path / "data"
     data.mkdir()
     for s in range(2):
-        image = np.zeros((16, 16, 16), np.float32)
+        image = np.ones((16, 16, 16), np.float32)
         image[0, 0, 0] = np.nan if s == 1 else 0.0
         nib.save(nib.Nifti1Image(image, np.eye(4)), str(data / f"image_{s}.nii.gz"))
         nib.save(nib.Nifti1Image(np.ones((16, 16, 16), np.uint8), np.eye(4)), str(data / f"label_{s}.nii.gz"))
