@@ -39,7 +39,7 @@ import numpy as np
 
 try:
     from proxy_bundle.errors import InputError
-except ImportError:  # pragma: no cover - the copy in a MONAI bundle's scripts/ (bundles/*/scripts), without proxy_bundle
+except ImportError:  # pragma: no cover - the copy in a MONAI bundle's scripts/ (bundles/*/scripts)
     from .errors import InputError  # type: ignore[no-redef]
 
 __all__ = [

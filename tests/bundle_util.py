@@ -19,15 +19,26 @@ def load_scripts(bundle: str | Path) -> ModuleType:
     (each bundle calls its own package ``scripts``)."""
     root = Path(bundle) if isinstance(bundle, Path) else BUNDLES / bundle
     name = f"{root.name}_scripts"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, root / "scripts" / "__init__.py",
-                                                      submodule_search_locations=[str(root / "scripts")])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    for sub in ("data", "progress", "networks", "scaling", "validation", "errors"):
-        importlib.import_module(f"{name}.{sub}")
+    with _no_bytecode():  # the tests leave the bundles' folders as they are
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, root / "scripts" / "__init__.py",
+                                                          submodule_search_locations=[str(root / "scripts")])
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        for sub in ("data", "progress", "networks", "scaling", "validation", "errors"):
+            importlib.import_module(f"{name}.{sub}")
     return sys.modules[name]
+
+
+@contextlib.contextmanager
+def _no_bytecode() -> Iterator[None]:
+    saved = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = saved
 
 
 @contextlib.contextmanager
@@ -42,7 +53,8 @@ def bundle_importable(root: Path) -> Iterator[None]:
         del sys.modules[key]
     sys.path.insert(0, str(root))
     try:
-        yield
+        with _no_bytecode():
+            yield
     finally:
         sys.path.remove(str(root))
         for key in owned():

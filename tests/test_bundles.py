@@ -331,22 +331,12 @@ def test_zoo_workflows_in_process(trained, zoo_data):
         assert set(np.unique(np.asanyarray(mask.dataobj)).tolist()) <= set(range(trained["classes"]))
 
 
-def test_evaluate_inference_and_hpo_without_proxy_bundle(trained, no_proxy_bundle, zoo_data, request):
+def test_evaluate_inference_and_hpo_without_proxy_bundle(trained, no_proxy_bundle, zoo_data):
     root = trained["dir"]
     env = _env(no_proxy_bundle)
     evaluate = _bundle_cli(root, "run", "--config_file", "['configs/train.json','configs/evaluate.json']",
                            *_cli_args(trained["zoo"]), "--output_dir=eval_cli", env=env)
     assert "val_mean_dice" in (root / "eval_cli" / "metrics.csv").read_text(), evaluate.stdout[-2000:]
-    # an external labelled set instead of the validation split
-    phantom = request.getfixturevalue(trained["fixture"])
-    external = json.loads((phantom / "external.json").read_text())["testing"]
-    listed = root.parent / "external.json"  # relative paths would be relative to dataset_dir: make them absolute
-    listed.write_text(json.dumps({"testing": [{k: str(phantom / e[k]) for k in ("image", "label")}
-                                              for e in external]}))
-    _bundle_cli(root, "run", "--config_file", "['configs/train.json','configs/evaluate.json']",
-                *_cli_args(trained["zoo"]), f"--eval_datalist={listed}", "--output_dir=eval_ext", env=env)
-    raw = (root / "eval_ext" / "val_mean_dice_raw.csv").read_text().strip().splitlines()
-    assert len(raw) == 1 + len(external)
     # inference from an MSD-layout folder: imagesTs by default
     msd = root.parent / "msd"
     (msd / "imagesTs").mkdir(parents=True)

@@ -26,7 +26,7 @@ from monai.networks.nets import DynUNet, SegResNet, SegResNetDS, SwinUNETR, UNet
 
 try:
     from proxy_bundle.errors import InputError
-except ImportError:  # pragma: no cover - the copy in a MONAI bundle's scripts/ (bundles/*/scripts), without proxy_bundle
+except ImportError:  # pragma: no cover - the copy in a MONAI bundle's scripts/ (bundles/*/scripts)
     from .errors import InputError  # type: ignore[no-redef]
 
 __all__ = [

@@ -103,7 +103,8 @@ class ProgressWriter:
         epoch = int(engine.state.epoch)  # ValidationHandler runs the evaluator with the trainer's epoch
         value = engine.state.metrics.get(self.metric_name)
         if value is None:
-            raise KeyError(f"metric {self.metric_name!r} not computed by this engine (has {sorted(engine.state.metrics)})")
+            computed = sorted(engine.state.metrics)
+            raise KeyError(f"metric {self.metric_name!r} not computed by this engine (has {computed})")
         if self._entries is None:
             self._entries = [e for e in read_progress(self.path) if e["epoch"] < epoch]
             # A resumed run continues the clock of the run it resumes (the time between the interruption and

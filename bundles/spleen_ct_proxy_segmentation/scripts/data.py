@@ -217,7 +217,7 @@ def split_cases(images: Sequence[Any], labels: Sequence[Any], datalist: str | os
 
 
 def modalities(dataset_dir: str | os.PathLike, default: int = 1) -> int:
-    """Number of image channels the dataset declares (``modality`` of ``dataset_dir/dataset.json``), else ``default``."""
+    """Image channels the dataset declares (``modality`` of ``dataset_dir/dataset.json``), else ``default``."""
     path = Path(dataset_dir) / "dataset.json"
     try:
         data = read_json(path)
@@ -227,7 +227,9 @@ def modalities(dataset_dir: str | os.PathLike, default: int = 1) -> int:
 
 
 def _check_channels(image_channels: Sequence[int] | None, channels: int) -> None:
-    if image_channels is not None and (not image_channels or max(image_channels) >= channels or min(image_channels) < 0):
+    if image_channels is None:
+        return
+    if not image_channels or max(image_channels) >= channels or min(image_channels) < 0:
         raise InputError(f"{list(image_channels)} selects channels the images do not have (they have {channels})",
                          where="image_channels")
 
