@@ -240,7 +240,8 @@ def check_training_cases(split: dict[str, list[dict]], num_classes: int, channel
     """Read every training and validation case once and check it (:func:`scripts.validation.check_case`).
 
     Labels must hold class ids below ``num_classes``; images must have ``channels`` channels (3D, or 4D with
-    ``channels`` last) from which ``image_channels`` selects. ``enabled`` false skips the reading (a search
+    ``channels`` last) from which ``image_channels`` selects. Intensities may be <= 0 everywhere (a rule of
+    MONAI's DataAnalyzer, which this bundle does not run). ``enabled`` false skips the reading (a search
     checks the data once, not in every trial). Returns the number of cases checked.
     """
     if not flag(enabled, where="check_inputs"):
@@ -250,7 +251,7 @@ def check_training_cases(split: dict[str, list[dict]], num_classes: int, channel
     for section in ("training", "validation"):
         for entry in split[section]:
             check_case(entry["image"], entry.get("label"), labels=range(int(num_classes)),
-                       case=_first(entry["image"]), channels=channels)
+                       case=_first(entry["image"]), channels=channels, require_positive=False)
             n += 1
     return n
 
@@ -306,7 +307,7 @@ def check_inputs(entries: Sequence[dict], image_key: str = "image", channels: in
     if flag(enabled, where="check_inputs"):
         _check_channels(image_channels, channels)
         for f in files:
-            check_case(f, case=_first(f), channels=channels)
+            check_case(f, case=_first(f), channels=channels, require_positive=False)
     return len(files)
 
 
