@@ -415,7 +415,8 @@ def test_hpo_two_trials(bundle, request):
     proxy = json.loads(Path(over1["proxy_datalist"]).read_text())
     folds = json.loads((phantom / "datalist.json").read_text())["training"]
     n_train = sum(1 for e in folds if e["fold"] != 0)
-    assert len(proxy["training"]) == subset_size(n_train, fraction=0.5) < n_train
+    fraction = json.loads((BUNDLES / bundle["name"] / "configs/hpo.json").read_text())["hpo"]["proxy_data"]["fraction"]
+    assert len(proxy["training"]) == subset_size(n_train, fraction=fraction) < n_train
     assert sorted(Path(e["image"]).name for e in proxy["validation"]) == sorted(
         Path(e["image"]).name for e in folds if e["fold"] == 0)
     n1 = sum(v.numel() for v in torch.load(Path(phase1[0]["trial_dir"]) / "models/model.pt",
