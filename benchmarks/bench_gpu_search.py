@@ -174,6 +174,9 @@ def report(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "packed_trials_in_ratio": ratio_n,
         "full_search_trial_process": bool(args.full_trial_process),
         "probe": probe,
+        "probe_ratios": ({n: r["aggregate_steps_per_s"] / probe["candidates"]["1"]["aggregate_steps_per_s"]
+                          for n, r in probe["candidates"].items()} if probe and "1" in probe.get("candidates", {})
+                         else None),
         "invocations": {k: state[k]["invocations"] for k in ("full", "proxy")},
         "training_cases": args.cases,
         "resampled_min_shape": _resampled_min_shape(work / "data", args.spacing),
