@@ -36,7 +36,8 @@ def test_accuracy_history_skips_headers_and_partial_rows(tmp_path):
     (tmp_path / "accuracy_history.csv").write_text(
         "epoch\tmetric\tloss\n0\t0.1000\t2.0\n1\t0.2500\t1.5\nepoch\tmetric\tloss\n2\t0.3")
     assert read_accuracy_history(tmp_path) == [(0, 0.1), (1, 0.25), (2, 0.3)]
-    assert ADAPTERS["segresnet"].read_scores(tmp_path) == [(1, 0.1), (2, 0.25), (3, 0.3)]
+    assert ADAPTERS["segresnet"].read_scores(tmp_path) == [(1, 0.1), (2, 0.25), (3, 0.3)]  # 0-based epochs
+    assert ADAPTERS["swinunetr"].read_scores(tmp_path) == [(0, 0.1), (1, 0.25), (2, 0.3)]  # epochs done
     assert read_accuracy_history(tmp_path / "missing") == []
 
 

@@ -125,6 +125,8 @@ class TemplateAdapter:
             machine the copy is left as MONAI wrote it.
         space: default search space in the template's own config ids.
         env: environment variables a training needs (kept when the user set them).
+        epoch_offset: added to ``accuracy_history.csv`` epochs to count epochs trained (segresnet numbers its
+            epochs from 0, swinunetr and dints count epochs done).
     """
 
     name: str
@@ -142,6 +144,7 @@ class TemplateAdapter:
     space: Mapping[str, Any] = field(default_factory=dict)
     # mlflow >= 3.7 refuses the file store ('<ckpt_path>/mlruns') the templates log into unless allowed.
     env: Mapping[str, str] = field(default_factory=lambda: {"MLFLOW_ALLOW_FILE_STORE": "true"})
+    epoch_offset: int = 0
 
     # ------------------------------------------------------------------ fidelity
     def fidelity_overrides(self, fidelity: Any) -> dict[str, Any]:
@@ -221,8 +224,8 @@ class TemplateAdapter:
         return Path(str(merged_config(bundle_dir).get_parsed_content(self.ckpt_key)))
 
     def read_scores(self, ckpt_dir: str | os.PathLike) -> list[tuple[int, float]]:
-        """Per-validation ``(epoch, Dice)`` for pruning; epochs shifted to 1-based like ``proxyseg``'s."""
-        return [(epoch + 1, dice) for epoch, dice in read_accuracy_history(ckpt_dir)]
+        """Per-validation ``(epochs trained, Dice)`` for pruning, counted like ``proxyseg``'s (1 after the first)."""
+        return [(epoch + self.epoch_offset, dice) for epoch, dice in read_accuracy_history(ckpt_dir)]
 
 
 _LR_WD = {
@@ -243,13 +246,13 @@ _GPU_MEM_OR_NONE = "    return available_mem_visible_gpus or [0]\n"
 ADAPTERS: dict[str, TemplateAdapter] = {
     "segresnet": TemplateAdapter(
         name="segresnet", network="segresnetds", network_key="network",
-        size_keys=("init_filters", "blocks_down", "blocks_up", "dsdepth"),
+        size_keys=("init_filters", "blocks_down", "blocks_up", "dsdepth"), epoch_offset=1,
         cpu_settings={"amp": False, "channels_last": False},
         space=dict(_LR_WD),
     ),
     "segresnet2d": TemplateAdapter(
         name="segresnet2d", network="segresnetds", network_key="network",
-        size_keys=("init_filters", "blocks_down", "blocks_up", "dsdepth"),
+        size_keys=("init_filters", "blocks_down", "blocks_up", "dsdepth"), epoch_offset=1,
         cpu_settings={"amp": False, "channels_last": False},
         space=dict(_LR_WD),
     ),
