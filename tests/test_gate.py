@@ -541,9 +541,11 @@ def test_study_is_keyed_to_its_input(tmp_path, capsys):
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
     check_study_input(url, "s", "aaa")  # same input: resumed as it is
     assert len(optuna.load_study(study_name="s", storage=url).trials) == 1
+    optuna.create_study(study_name="s-phase2-plan-0123456789abcdef", storage=url)  # the search's phase-2 plan lock
     check_study_input(url, "s", "bbb")  # changed input, nothing finished: starts afresh
     study = optuna.load_study(study_name="s", storage=url)
     assert study.trials == [] and study.user_attrs[INPUT_ATTR] == "bbb"
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["s"]
     assert "starting it afresh" in capsys.readouterr().out
     study.tell(study.ask(), 0.5)
     with pytest.raises(InputError, match=r"^study 's': this study holds 1 finished trial\(s\) made from other input"):

@@ -33,7 +33,10 @@ def check_study_input(url: str, study_name: str, fingerprint: str) -> None:
     from proxy_bundle.hpo.storage import open_storage
 
     storage = open_storage(url)
-    names = (study_name, phase2_name(study_name))
+    # The phase-2 plan locks (``<name>-phase2-plan-<hash>``, see the engine) belong to the search too.
+    locks = [s.study_name for s in storage.get_all_studies()
+             if s.study_name.startswith(f"{phase2_name(study_name)}-plan-")]
+    names = (study_name, phase2_name(study_name), *locks)
     existing = {}
     for name in names:
         try:
