@@ -41,8 +41,15 @@ def run_search(config: SearchConfig, runner: TrialRunner, storage_url: str, *, p
     summary.update(extra or {})
     if outcome.stopped_by:
         summary["stopped_by"] = outcome.stopped_by
+    views: dict[str, Any] = {}
+    if plots:
+        from proxy_bundle.hpo.optuna_plots import plot_optuna_views
+
+        views = plot_optuna_views(storage_url, {"phase1": config.study_name}, Path(config.out_dir) / "plots")
+        summary["plots_skipped"] = views.pop("skipped")
     paths = write_outputs(config.out_dir, summary, plots=plots)
     link_final_result(search.storage, config.study_name, summary, two_phase=config.two_phase)
+    paths.update(views)
     if latest_dir is not None:
         paths["latest_results"] = str(write_json(Path(latest_dir) / "results.json", summary))
         paths["latest_best_params"] = str(write_yaml(Path(latest_dir) / "best_params.yaml",

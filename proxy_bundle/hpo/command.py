@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from proxy_bundle.atomic import ensure_dir, write_yaml
+from proxy_bundle.atomic import ensure_dir, write_json, write_yaml
 from proxy_bundle.defaults import DATA_FRACTION, PROXY_BLOCKS, PROXY_WIDTH, TOP_K
 from proxy_bundle.errors import InputError
 from proxy_bundle.options import PROXY_MODES, ProxyMode, SelectionMode, Similarity, Strategy
@@ -252,7 +252,7 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         baseline: str | None = None,
         grace_s: float = 60.0, trial_timeout: float | None = None, progress: bool = True, devices: str = "auto",
         trials_per_device: int | str = "auto", timeout: float | None = None, val_every: int | str | None = "auto",
-        probe_s: float = 8.0, per_trial_process: bool = False) -> None:
+        probe_s: float = 8.0, per_trial_process: bool = False, default_trial: bool = True) -> None:
     """Two-phase proxy hyper-parameter search: trials at proxy fidelity, then the top-k retrained at full fidelity.
 
     Re-running the same command resumes an interrupted search; several workers given the same --storage
@@ -305,6 +305,8 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         probe_s: seconds each concurrent training runs in the --trials_per_device auto probe.
         per_trial_process: start a fresh training process for every trial, as Auto3DSeg's BundleAlgo.train does
             (slower; the workers then only schedule), instead of training in the long-lived workers.
+        default_trial: also train the template's default configuration at full fidelity and score it next to
+            the winner (validation fold and external set).
     """
     from proxy_bundle.hpo.sampling import PRUNERS, SAMPLERS
 
@@ -355,6 +357,9 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
     # The gate: every case is checked before any work and before anything but the gate's record is written.
     source = prepare_source(load_input(input, work), work, progress=bool(progress))
     cfg = {**source.config, FINGERPRINT_KEY: source.fingerprint}
+    from proxy_bundle.hpo.heldout import external_cases
+
+    external = external_cases(cfg)  # checked now: a bad held-out list must fail before any training
     hpo_dir = ensure_dir(work / "hpo")
     input_file = work / "input.yaml"
     if not input_file.is_file() or (yaml.safe_load(input_file.read_text()) or {}) != cfg:
@@ -450,6 +455,16 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
     summary = run_search(config, runner, url, proxy_mode=proxy, baseline=baseline, latest_dir=hpo_dir,
                          extra={"devices": {"workers": workers["workers"], "trials_per_device": int(trials_per_device),
                                             "devices": device_list, "num_workers": base.get("num_workers")}})
+    from proxy_bundle.hpo.assess import assess
+
+    summary["assessment"] = assess(summary, cfg, fold, runner=runner, full_fidelity=full_fid,
+                                   searched=[p.name for p in space], out_dir=config.out_dir, external=external,
+                                   default_trial=bool(default_trial))
+    outputs = summary.pop("outputs")
+    write_json(outputs["results"], summary)
+    if "latest_results" in outputs:
+        write_json(outputs["latest_results"], summary)
+    summary["outputs"] = outputs
     _print_summary(summary, time.time() - t0)
 
 
@@ -503,6 +518,11 @@ def _print_summary(s: Mapping[str, Any], elapsed: float) -> None:
     pv = s.get("proxy_vs_full")
     if pv and pv.get("spearman") is not None:
         print(f"proxy vs full rank correlation (phase-2 configs): Spearman {pv['spearman']:.2f}")
+    from proxy_bundle.hpo.assess import format_assessment
+
+    if s.get("assessment"):
+        for line in format_assessment(s["assessment"]):
+            print(line)
     print(f"model: {best.get('model_path')}")
     print(f"wrote {s['outputs']['results']}, {s['outputs']['best_params']} and plots in "
           f"{Path(s['outputs']['history_png']).parent} ({elapsed:.0f} s)")

@@ -59,27 +59,39 @@ def plot_history(summary: Mapping[str, Any], path: str | os.PathLike) -> str:
     ax.set_ylabel("validation Dice")
     ax.set_title(f"Optimization history: {summary['study']}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return _save(fig, Path(path))
 
 
 def plot_proxy_vs_full(summary: Mapping[str, Any], path: str | os.PathLike) -> str | None:
-    """Proxy score (phase 1) vs full score (phase 2) of the retrained configurations."""
+    """Proxy score (phase 1) vs full score (phase 2) of the retrained configurations.
+
+    Points are numbered by phase-2 rank and explained in a legend beside the axes: text next to points
+    overlaps as soon as two configurations score alike, which is the common case.
+    """
     pv = summary.get("proxy_vs_full")
     pairs = [p for p in (pv or {}).get("pairs", []) if p["proxy_score"] is not None and p["full_score"] is not None]
     if not pairs:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    ax.scatter([p["proxy_score"] for p in pairs], [p["full_score"] for p in pairs], color="tab:red", zorder=3)
-    for p in pairs:
-        ax.annotate(f"trial {p['source_trial']} (rank {p['rank']})", (p["proxy_score"], p["full_score"]),
-                    textcoords="offset points", xytext=(5, 4), fontsize=8)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    cmap = plt.get_cmap("tab10")
+    for i, p in enumerate(sorted(pairs, key=lambda p: p["rank"])):
+        ax.scatter(p["proxy_score"], p["full_score"], s=60, color=cmap(i % 10), zorder=3,
+                   label=f"rank {p['rank']}: trial {p['source_trial']} "
+                         f"(proxy {p['proxy_score']:.3f}, full {p['full_score']:.3f})")
+    lo = min(min(p["proxy_score"], p["full_score"]) for p in pairs)
+    hi = max(max(p["proxy_score"], p["full_score"]) for p in pairs)
+    pad = max(0.02, 0.1 * (hi - lo))
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.6", lw=0.8, ls="--", label="proxy = full")
     rho = pv.get("spearman")
-    ax.set_xlabel(f"proxy score ({summary['proxy']})")
-    ax.set_ylabel("full-fidelity score")
+    ax.set_xlabel(f"proxy validation Dice ({summary['proxy']})")
+    ax.set_ylabel("full-fidelity validation Dice")
     ax.set_title("Proxy vs full" + (f" (Spearman {rho:.2f})" if rho is not None else ""))
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return _save(fig, Path(path))
 
 
@@ -99,10 +111,18 @@ def plot_learning_curves(summary: Mapping[str, Any], path: str | os.PathLike) ->
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    from matplotlib.lines import Line2D
+
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation Dice")
-    ax.set_title("Learning curves (blue: phase 1, gray: pruned, red: phase 2)")
+    ax.set_title("Learning curves")
     ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color="tab:blue", lw=1, marker=".", label=f"phase 1 ({summary.get('proxy')})"),
+               Line2D([], [], color="tab:gray", lw=1, marker=".", label="phase 1, pruned"),
+               Line2D([], [], color="tab:red", lw=2, marker=".", label="phase 2 (full fidelity)")]
+    kinds = {(r["phase"], r["state"] == "PRUNED") for r in runs}
+    keep = [h for h, k in zip(handles, ((1, False), (1, True), (2, False))) if k in kinds]
+    ax.legend(handles=keep, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return _save(fig, Path(path))
 
 

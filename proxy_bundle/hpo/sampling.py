@@ -111,8 +111,9 @@ def make_sampler(name: str, seed: int, n_trials: int, n_startup_trials: int | No
 def make_pruner(name: str, n_trials: int, max_epochs: int | None = None) -> optuna.pruners.BasePruner:
     """Pruner by name; steps are epochs (one report per validation).
 
-    ``median``: stop a trial whose Dice is below the median of earlier trials at the same epoch, once a few
-    trials completed and the trial reached a tenth of ``max_epochs`` (at least epoch 1). ``asha``: asynchronous successive halving (rungs at 1, 3, 9, ...
+    ``median``: stop a trial whose Dice is below the median of earlier trials at the same epoch, once at least
+    two trials completed (the median of one trial is that trial) and the trial reached a quarter of
+    ``max_epochs`` (at least epoch 1: early Dice is noise, a network learns the background first). ``asha``: asynchronous successive halving (rungs at 1, 3, 9, ...
     epochs). ``hyperband``: several ASHA brackets (Hyperband assigns a trial to a bracket from its trial number,
     so a resumed run may bracket a retried trial differently).
     """
@@ -120,8 +121,8 @@ def make_pruner(name: str, n_trials: int, max_epochs: int | None = None) -> optu
     if name == "none":
         return optuna.pruners.NopPruner()
     if name == "median":
-        warmup = max(1, (max_epochs or 0) // 10)  # steps are 1-based epochs: step >= warmup may prune
-        return optuna.pruners.MedianPruner(n_startup_trials=max(1, min(5, n_trials // 4)), n_warmup_steps=warmup)
+        warmup = max(1, (max_epochs or 0) // 4)  # steps are 1-based epochs: step >= warmup may prune
+        return optuna.pruners.MedianPruner(n_startup_trials=max(2, min(5, n_trials // 4)), n_warmup_steps=warmup)
     if name == "asha":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if name == "hyperband":

@@ -340,6 +340,7 @@ def analyze(
     num_workers: int = 0,
     reanalyze: bool = False,
     progress: bool = True,
+    report: bool = True,
 ) -> None:
     """Auto3DSeg data analysis plus proxy-data selection, merged into ``WORK_DIR/datastats.yaml``.
 
@@ -374,6 +375,7 @@ def analyze(
         num_workers: DataLoader worker processes for reading cases (DataAnalyzer and the selection).
         reanalyze: run DataAnalyzer even when its output is already there.
         progress: show progress bars.
+        report: write the selection report (Markdown + figures) into ``<proxy datalist stem>_report/``.
     """
     from proxy_bundle.atomic import ensure_dir
     from proxy_bundle.inputs import datastats_fingerprint, prepare_source
@@ -476,3 +478,7 @@ def analyze(
     print(f"selected {summ['n_selected']} of {summ['n_candidates']} candidates ({similarity}, {mode}, {strategy}): "
           f"{brief_list(summ['selected'])}")
     print(f"wrote {datastats} (proxy_data), {by_case}, {out_path} and {scores_path}")
+    if report:
+        from proxy_bundle.selection.report import report_dir, report_line, write_selection_report
+
+        print(report_line(write_selection_report(doc, report_dir(out_path))))

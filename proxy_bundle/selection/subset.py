@@ -457,6 +457,7 @@ def select(
     margin: float = 10.0,
     num_workers: int = 0,
     progress: bool = True,
+    report: bool = True,
 ) -> None:
     """Select a proxy subset of the training cases of an Auto3DSeg datalist by image similarity.
 
@@ -489,6 +490,7 @@ def select(
         margin: context around the label's bounding box in ``roi`` mode (mm).
         num_workers: DataLoader worker processes for reading cases (0: in this process).
         progress: show progress bars.
+        report: write the selection report (Markdown + figures) into ``<out stem>_report/``.
     """
     if fold is not None and (isinstance(fold, bool) or not isinstance(fold, int)):
         raise InputError(f"fold must be an integer, got {fold!r}", where="fold")
@@ -505,3 +507,7 @@ def select(
     print(f"selected {s['n_selected']} of {s['n_candidates']} candidates ({similarity}, {mode}, {strategy}); {kept}")
     print(f"selected: {brief_list(s['selected'])}")
     print(f"wrote {out_path} and {scores_path}")
+    if report:
+        from proxy_bundle.selection.report import report_dir, report_line, write_selection_report
+
+        print(report_line(write_selection_report(selection.scores, report_dir(out_path))))
