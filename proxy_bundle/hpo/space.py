@@ -83,7 +83,9 @@ _DEFAULT: dict[str, dict[str, Any]] = {
     "learning_rate": {"type": "float", "low": 3e-4, "high": 3e-3, "log": True},
     "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-3, "log": True},
     "loss#dice_weight": {"type": "float", "low": 0.5, "high": 1.5},
-    "loss#ce_weight": {"type": "float", "low": 0.0, "high": 1.5},
+    # Cross-entropy never drops out: Dice alone (background included) sits at "all background" for the whole
+    # of a short trial, which the search would read as a bad configuration rather than a slow start.
+    "loss#ce_weight": {"type": "float", "low": 0.5, "high": 1.5},
     "augment#prob_flip": {"type": "float", "low": 0.0, "high": 0.5},
     "augment#prob_rotate": {"type": "float", "low": 0.0, "high": 0.5},
     "augment#prob_scale": {"type": "float", "low": 0.0, "high": 0.5},
