@@ -71,8 +71,24 @@ def test_hpo_command_writes_every_output(searched: Path, capsys):
     sp = res["speedup"]
     assert sp["kind"] == "estimated" and "n_trials (2)" in sp["how"]
     assert sp["full_fidelity_search_s"] == pytest.approx(2 * p2[0]["wall_s"])
-    for png in ("optimization_history.png", "proxy_vs_full.png", "learning_curves.png"):
+    for png in ("optimization_history.png", "proxy_vs_full.png", "learning_curves.png",
+                "optuna_phase1_history.png", "optuna_phase1_intermediate_values.png",
+                "optuna_phase1_parallel_coordinate.png"):
         assert (work / "hpo" / "proxyseg-both" / "plots" / png).read_bytes()[:8] == PNG
+
+    # The winner and the template's default configuration, scored on the validation fold and the external site.
+    a = res["assessment"]
+    assert a["external"]["cases"] == 2 and a["external"]["source"].endswith("external.json")
+    assert a["validation_cases"] >= 1 and 0.0 < a["trivial_dice"] < 0.5
+    for name in ("best", "default"):
+        assert set(a["scores"][name]) == {"validation", "external"}
+        assert all(0.0 <= v <= 1.0 for v in a["scores"][name].values())
+    # The evaluator re-scores the winner's checkpoint exactly as the template validated it.
+    assert a["scores"]["best"]["validation"] == pytest.approx(best["score"], abs=1e-3)
+    default = a["default_trial"]
+    assert default["fidelity"]["name"] == "full" and Path(default["model_path"]).is_file()
+    assert set(default["params"]) == space_names and default["params"]["learning_rate"] == pytest.approx(1e-3)
+    assert a["speedup_note"] and "configurations" in a["speedup_note"]
 
 
 def test_hpo_rerun_is_a_noop_and_cli_errors_are_one_line(searched: Path, capsys, tmp_path):

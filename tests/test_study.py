@@ -153,3 +153,35 @@ def test_invocations_add_up_in_the_report():
 
     assert _study_wall({"wall_s": 5.0}) == 5.0
     assert _study_wall({"wall_s": 5.0, "invocations": [{"wall_s": 100.0}, {"wall_s": 5.0}]}) == 105.0
+
+
+def test_study_without_external_set_uses_the_validation_fold_only(spleen_phantom, tmp_path, capsys):
+    """A dataset with no external.json: the study runs, measures agreement on the validation fold only and says
+    so in its report (the replay is exercised on synthetic runs: no training here)."""
+    import shutil
+
+    from proxy_bundle.study.analysis import analyse
+    from proxy_bundle.study.command import study
+    from proxy_bundle.study.plan import build_variants
+
+    data = tmp_path / "msd"
+    shutil.copytree(spleen_phantom, data)
+    (data / "external.json").unlink()
+    w = tmp_path / "study"
+    study(task="spleen_ct", work_dir=str(w), dataset=str(data), n_configs=3, epochs=2, widths="0.5",
+          variants="network", train=False, progress=False, replay_seeds=5, bootstrap=5)
+    out = capsys.readouterr().out
+    assert "no external.json: agreement is measured on validation fold 0 only" in out
+    results = json.loads((w / "results.json").read_text())
+    assert results["meta"]["n_ext"] == 0 and results["analysis"]["sets"] == ["val"]
+    assert "**No external set**" in (w / "report.md").read_text()
+
+    variants = build_variants(epochs=2, fraction=0.5, widths=(0.5,), include=["network"])
+    runs = [{"status": "ok", "variant": v.name, "config_id": f"c{i}", "val_dice": 0.2 + 0.1 * i + 0.01 * j,
+             "train_cost_s": 10.0 / (j + 1), "startup_cost_s": 1.0,
+             "curve": [[1, 0.1 * i, 5.0 / (j + 1)], [2, 0.2 + 0.1 * i + 0.01 * j, 10.0 / (j + 1)]]}
+            for j, v in enumerate(variants) for i in range(4)]
+    a = analyse(runs, variants, replay_seeds=5, bootstrap=5, sets=("val",))
+    name = variants[1].name
+    assert a["sets"] == ["val"] and set(a["agreement"][name]) == {"val"}
+    assert a["agreement"][name]["val"]["kendall"] == pytest.approx(1.0)

@@ -111,13 +111,15 @@ def analyse(
     eta: int = 2,
     seed: int = 0,
     include_startup: bool = False,
+    sets: Sequence[str] = SETS,
 ) -> dict[str, Any]:
     """Agreement with intervals, the noise ceiling, and every method's regret-vs-cost curve with bands.
 
     Returns a JSON-ready dict: ``n_configs`` (complete configurations), ``configs``, ``agreement`` per
     variant and set, ``noise_ceiling``, ``replay`` per method name, ``budget_table`` (regret at
     :data:`BUDGETS`), ``winner`` (lowest expected regret at 1/8 of the full cost) and per-variant costs.
-    Fewer than 3 complete configurations leave ``replay`` empty.
+    Fewer than 3 complete configurations leave ``replay`` empty. ``sets``: the case lists agreement is measured
+    on (``("val",)`` when the data has no external set; ``sets`` in the result says which).
     """
     rows = table_rows(records)
     ids = complete_configs(rows, variants)
@@ -125,7 +127,7 @@ def analyse(
     out: dict[str, Any] = {"n_configs": len(ids), "configs": ids, "k": k, "eta": eta,
                            "include_startup": include_startup, "replay_seeds": replay_seeds,
                            "bootstrap": bootstrap, "agreement": {}, "costs": {}, "replay": {},
-                           "budget_table": [], "winner": None, "noise_ceiling": None}
+                           "budget_table": [], "winner": None, "noise_ceiling": None, "sets": list(sets)}
     if len(ids) < 3:
         return out
     fids = {v.name: fidelity_of([rows[v.name][c] for c in ids], v.epochs, include_startup) for v in variants}
@@ -147,7 +149,7 @@ def analyse(
                 {c: float(rows[v.name][c].get(f"{s}_dice", math.nan)) for c in ids},
                 {c: float(rows["reference"][c].get(f"{s}_dice", math.nan)) for c in ids},
                 k=k, n_boot=max(bootstrap, 2000) if bootstrap else 0, rng=rng)
-            for s in SETS
+            for s in sets
         }
     if "repeat" in out["agreement"]:
         out["noise_ceiling"] = out["agreement"]["repeat"]

@@ -180,16 +180,18 @@ def study(
                         **({"roi_size": [int(roi)] * 3} if roi is not None else {})},
     )
     val_cases = read_cases(data.datalist, "training", data.dataroot, fold=int(fold))
-    sets = {"ext": read_cases(data.external, "testing", data.dataroot)}
+    sets = {"ext": read_cases(data.external, "testing", data.dataroot)} if data.external is not None else {}
     if rescore_val:
         sets["val"] = val_cases
     if not val_cases:
         raise InputError(f"no training case has fold {fold}", where=str(data.datalist))
-    if not sets["ext"]:
+    if data.external is not None and not sets["ext"]:
         raise InputError("the external set is empty", where=str(data.external))
+    if data.external is None:
+        print(f"study: {data.dataroot} has no external.json: agreement is measured on validation fold {fold} only")
     # Content hashes, not paths: the table is reused on another machine only for the same data and template.
     context = {"dataset": content_hash(*(p for p in (data.datalist, data.external, data.dataroot / "dataset.json",
-                                                      data.dataroot / "phantom_meta.json") if p.is_file())),
+                                                      data.dataroot / "phantom_meta.json") if p and p.is_file())),
                "fold": int(fold), "init_filters": int(init_filters), "val_every": int(val_every),
                "roi": int(roi) if roi is not None else None, "selection_mode": mode,
                "template": template_hash(Path(templates_dir) / ALGO)}
@@ -279,7 +281,8 @@ def study(
     print(f"study: table {table_file} ({n_rows} runs of {len(jobs)})", flush=True)
     trained = len(walls)
     analysis = analyse(records, plan, k=int(top_k), replay_seeds=int(replay_seeds), bootstrap=int(bootstrap),
-                       eta=int(eta), seed=int(seed), include_startup=bool(include_startup))
+                       eta=int(eta), seed=int(seed), include_startup=bool(include_startup),
+                       sets=("val", "ext") if data.external is not None else ("val",))
     n_val = len(val_cases)
     n_train = sum(1 for _ in read_cases(data.datalist, "training", data.dataroot)) - n_val
     meta = {
@@ -312,7 +315,7 @@ def study(
         "fold": int(fold),
         "n_val": n_val,
         "n_train": n_train,
-        "n_ext": len(sets["ext"]),
+        "n_ext": len(sets.get("ext", [])),
         "dataset": _dataset_meta(data.dataroot, dataset is None, int(num_cases), int(num_external), int(size)),
         "search_space": space.to_dict(),
         "subsets": subsets,

@@ -24,7 +24,7 @@ class StudyData:
 
     dataroot: Path
     datalist: Path
-    external: Path
+    external: Path | None  # None: no held-out set, agreement is measured on the validation fold only
     modality: str
     input_yaml: Path
     datastats: Path
@@ -46,23 +46,26 @@ def ensure_phantoms(task: str, out: Path, num_cases: int, num_external: int, siz
 
 
 def gate_dataset(dataroot: Path, record_dir: Path | None = None) -> None:
-    """The validation gate for a study's dataset: the three files exist, ``datalist.json`` has folds, and every
-    case of it and of ``external.json`` passes :func:`proxy_bundle.validation.gate` (a passed check is
-    recorded in ``record_dir`` and not repeated for the same files)."""
+    """The validation gate for a study's dataset: ``datalist.json`` (with folds) and ``dataset.json`` exist, and
+    every case of ``datalist.json`` and, when there is one, ``external.json`` passes
+    :func:`proxy_bundle.validation.gate` (a passed check is recorded in ``record_dir`` and not repeated for the
+    same files)."""
     dataroot = Path(dataroot).resolve()
-    for name in ("datalist.json", "external.json", "dataset.json"):
+    for name in ("datalist.json", "dataset.json"):
         if not (dataroot / name).is_file():
-            raise InputError(f"{name} not found (a study needs datalist.json with folds, external.json and "
-                             "dataset.json; see the phantoms command)", where=str(dataroot))
+            raise InputError(f"{name} not found (a study needs datalist.json with folds and dataset.json, "
+                             "optionally external.json; see the phantoms command)", where=str(dataroot))
     from proxy_bundle.validation import gate, load_datalist
 
     load_datalist(dataroot / "datalist.json", dataroot, require_folds=True, check_files=False)
     for name in ("datalist.json", "external.json"):
-        gate(dataroot / name, dataroot, require_foreground=False, record_dir=record_dir)
+        if (dataroot / name).is_file():
+            gate(dataroot / name, dataroot, require_foreground=False, record_dir=record_dir)
 
 
 def dataset_paths(dataroot: Path, analysis_dir: Path) -> StudyData:
-    """Check an MSD-layout dataset (datalist.json with folds, external.json, dataset.json) and name its parts."""
+    """Check an MSD-layout dataset (datalist.json with folds, dataset.json, optional external.json) and name its
+    parts. Without ``external.json`` the study measures agreement on the validation fold only."""
     dataroot = Path(dataroot).resolve()
     gate_dataset(dataroot, Path(analysis_dir) / ".validated")
     from proxy_bundle.validation import read_json
@@ -74,7 +77,7 @@ def dataset_paths(dataroot: Path, analysis_dir: Path) -> StudyData:
     return StudyData(
         dataroot=dataroot,
         datalist=dataroot / "datalist.json",
-        external=dataroot / "external.json",
+        external=dataroot / "external.json" if (dataroot / "external.json").is_file() else None,
         modality=modality,
         input_yaml=analysis_dir / "input.yaml",
         datastats=analysis_dir / "datastats.yaml",
