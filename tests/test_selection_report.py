@@ -15,7 +15,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def test_select_writes_a_referenced_report(spleen_phantom: Path, tmp_path: Path, capsys):
     out = tmp_path / "proxy.json"
-    main(["select", "--datalist", str(spleen_phantom / "datalist.json"), "--fraction", "0.5", "--out", str(out),
+    main(["select", "--datalist", str(spleen_phantom / "datalist.json"), "--data_fraction", "0.5", "--out", str(out),
           "--progress", "False"])
     printed = capsys.readouterr().out
     rep = tmp_path / "proxy_report"

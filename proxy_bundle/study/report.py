@@ -113,7 +113,11 @@ def _regret_fig(plt, results):
     ax.set_ylabel("expected regret (reference val Dice)")
     ax.set_title(f"{results['meta']['task']}: expected regret vs cost, K={a['n_configs']}, "
                  f"{a['replay_seeds']} orderings, 95% bootstrap bands", fontsize=9)
-    ax.legend(fontsize=7, loc="upper right")
+    if shown:  # a legend only for what is drawn
+        ax.legend(fontsize=7, loc="upper right")
+    else:
+        ax.text(0.5, 0.5, "fewer than 3 complete configurations: nothing to replay yet", transform=ax.transAxes,
+                ha="center", va="center", fontsize=9, color="0.4")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -138,7 +142,8 @@ def _agreement_fig(plt, results):
     ax.set_xticklabels(names, rotation=40, ha="right", fontsize=7)
     ax.set_ylabel("Kendall tau vs reference")
     ax.set_title("Rank agreement with 95% bootstrap intervals", fontsize=9)
-    ax.legend(fontsize=7)
+    if names:  # a legend only for what is drawn
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
