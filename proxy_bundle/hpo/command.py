@@ -524,5 +524,12 @@ def _print_summary(s: Mapping[str, Any], elapsed: float) -> None:
         for line in format_assessment(s["assessment"]):
             print(line)
     print(f"model: {best.get('model_path')}")
-    print(f"wrote {s['outputs']['results']}, {s['outputs']['best_params']} and plots in "
-          f"{Path(s['outputs']['history_png']).parent} ({elapsed:.0f} s)")
+    out = s["outputs"]
+    files = [out[k] for k in ("results", "best_params", "latest_results", "latest_best_params") if out.get(k)]
+    default = (s.get("assessment") or {}).get("default_trial")
+    if default and default.get("model_path"):
+        files.append(default["model_path"])
+    print(f"wrote {', '.join(files)} ({elapsed:.0f} s)")
+    plots = [v for k, v in out.items() if k.endswith("_png")]
+    if plots:
+        print(f"plots ({len(plots)}): {', '.join(plots)}")
