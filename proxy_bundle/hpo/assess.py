@@ -105,10 +105,10 @@ def assess(summary: Mapping[str, Any], cfg: Mapping[str, Any], fold: int, *, run
     models = {"best": (best.get("bundle_dir"), best.get("model_path"))}
     if default is not None:
         models["default"] = (default.get("bundle_dir"), default.get("model_path"))
-    sets: dict[str, list] = {"validation": val_cases}
+    sets: dict[str, list] = {"validation": val_cases} if val_cases else {}
     if external is not None:
         sets["external"] = external[0]
-    scores = heldout.score_models(models, sets)
+    scores = heldout.score_models(models, sets) if sets else {}
     trial_dirs = [t["trial_dir"] for t in summary.get("trials", []) if t.get("trial_dir")]
     overhead = startup_overhead(trial_dirs)
     return {

@@ -70,9 +70,16 @@ def external_cases(cfg: Mapping[str, Any]) -> tuple[list[dict[str, str]], str] |
 
 
 def validation_cases(cfg: Mapping[str, Any], fold: int) -> list[dict[str, str]]:
-    """The validation fold's cases (absolute paths), the ones every trial is scored on."""
+    """The cases every trial is scored on (absolute paths): the datalist's ``validation`` list when it has one,
+    else the training entries of fold ``fold``."""
     from proxy_bundle.study.evaluate import read_cases
 
+    try:
+        has_list = isinstance(json.loads(Path(str(cfg["datalist"])).read_text()).get("validation"), list)
+    except (OSError, ValueError, AttributeError):
+        has_list = False
+    if has_list:
+        return read_cases(cfg["datalist"], "validation", cfg["dataroot"])
     return read_cases(cfg["datalist"], "training", cfg["dataroot"], fold=fold)
 
 
