@@ -70,7 +70,8 @@ def plot_optuna_views(storage: Any, study_names: dict[str, str], out_dir: str | 
                 skipped.append(f"{label} {view} (no per-epoch scores)")
                 continue
             try:
-                with warnings.catch_warnings():
+                # Optuna's views switch matplotlib to its "ggplot" style globally; rc_context keeps that inside.
+                with matplotlib.rc_context(), warnings.catch_warnings():
                     # The matplotlib backend is marked experimental; the views themselves are stable.
                     warnings.simplefilter("ignore")
                     ax = fn(study)
