@@ -78,8 +78,8 @@ def study(
     Args:
         task: phantom task to generate when no DATASET is given: spleen_ct or prostate_mr.
         work_dir: output folder (also holds the generated dataset, trials and stored runs).
-        dataset: an MSD-layout dataset folder with datalist.json (folds), external.json and dataset.json;
-            default: generate phantoms in WORK_DIR/data.
+        dataset: an MSD-layout dataset folder with datalist.json (folds), dataset.json and optionally
+            external.json (without it: validation fold only); default: generate phantoms in WORK_DIR/data.
         n_configs: number of sampled configurations K (>= 3; 24 or more for intervals worth reading).
         epochs: training epochs at full fidelity.
         size: phantom grid size (voxels per axis) when generating.
