@@ -277,7 +277,9 @@ def study(
 
     records = [store.get(c.id, v.name, spec) for c, v, _, spec in jobs]
     records = [r for r in records if r is not None]
-    n_rows = store.export_table(table_file, keep={(r["config_id"], r["variant"], r["spec_hash"]) for r in records})
+    # Every stored run goes back into the table, including imported runs of another spec that this invocation
+    # did not retrain: a report-only or differently-configured invocation must never shrink a committed table.
+    n_rows = store.export_table(table_file)
     print(f"study: table {table_file} ({n_rows} runs of {len(jobs)})", flush=True)
     trained = len(walls)
     analysis = analyse(records, plan, k=int(top_k), replay_seeds=int(replay_seeds), bootstrap=int(bootstrap),
