@@ -110,6 +110,11 @@ def test_hpo_rerun_is_a_noop_and_cli_errors_are_one_line(searched: Path, capsys,
         (["--proxy", "half"], "--proxy: invalid value 'half' (expected one of none, data, network, both)"),
         (["--top_k", "3", "--n_trials", "2"], "--top_k: top_k (3) cannot exceed n_trials (2)"),
         (["--storage", "postgresql://u:s3cret@127.0.0.1:9/db"], "cannot open storage"),
+        # The existing study answers only the command that made it: a changed setting is refused up front.
+        (["--fold", "1"], "study 'proxyseg-both' was started with other settings: --fold was 0, now 1; re-run"),
+        (["--overrides", json.dumps({k: v for k, v in TINY.items() if k != "num_workers"}), "--num_workers", "1"],
+         "--num_workers was 0, now 1"),
+        (["--overrides", json.dumps({**TINY, "batch_size": 2})], "--overrides batch_size was 1, now 2"),
     ]
     for extra, needle in cases:
         with pytest.raises(SystemExit) as exit_info:

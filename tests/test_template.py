@@ -251,6 +251,20 @@ def _timing(bundle: Path) -> dict:
     return yaml.safe_load((bundle / "model" / "timing.yaml").read_text())
 
 
+def _assert_tensorboard(log_dir: Path) -> None:
+    """The run's TensorBoard log has per-class validation Dice and the run's hparams with its best Dice."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    tags, plugins = set(), set()
+    for events in log_dir.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(events)).Load():
+            for value in event.summary.value:
+                tags.add(value.tag)
+                plugins.add(value.metadata.plugin_data.plugin_name)
+    assert {"train/loss", "val/avg_dice", "val/dice/class_1", "hparam/best_avg_dice"} <= tags, tags
+    assert "hparams" in plugins
+
+
 def test_proxy_on_off(bundle, spleen_phantom, train_module, pipeline):
     from proxy_bundle.networks.scaling import ProxySpec, scaled_network
 
@@ -262,6 +276,7 @@ def test_proxy_on_off(bundle, spleen_phantom, train_module, pipeline):
 
     train_module.run(_config(bundle), **common)
     full = _timing(bundle)
+    _assert_tensorboard(bundle / "model")
     proxy_ckpt = str(bundle / "proxy_model")
     train_module.run(
         _config(bundle), ckpt_path=proxy_ckpt, **common,

@@ -361,19 +361,32 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
 
     external = external_cases(cfg)  # checked now: a bad held-out list must fail before any training
     hpo_dir = ensure_dir(work / "hpo")
-    input_file = work / "input.yaml"
-    if not input_file.is_file() or (yaml.safe_load(input_file.read_text()) or {}) != cfg:
-        write_yaml(input_file, cfg)
 
     from proxy_bundle.hpo.api import run_search
     from proxy_bundle.hpo.engine import SearchConfig
+    from proxy_bundle.hpo.fingerprint import search_identity, template_identity
     from proxy_bundle.hpo.runners import AlgoRunner
     from proxy_bundle.hpo.storage import mask_url, resolve_url
 
     # A search made from other input data is restarted or refused before anything is recomputed.
     from proxy_bundle.hpo.inputs import check_study_input
 
-    check_study_input(resolve_url(storage, work), study_name or f"{algo}-{proxy}", source.fingerprint)
+    name = study_name or f"{algo}-{proxy}"
+    url = resolve_url(storage, work)
+    check_study_input(url, name, source.fingerprint)
+    # The rest of what identifies the search, checked before the analysis and selection run. An explicit
+    # --num_workers is part of it (MONAI's augmentation random streams follow the DataLoader workers); "auto"
+    # depends on the machine, so it is recorded as "auto" and a search can move between machines.
+    identity = search_identity(data=source.fingerprint, fold=fold, template=None,
+                               overrides={"num_workers": num_workers, **dict(overrides or {})})
+    _check_study_settings(url, name, {**{k: v for k, v in identity.items() if k != "template"},
+                                      "space": space.to_dict(), "seed": int(seed), "sampler": str(sampler).lower(),
+                                      "pruner": str(pruner).lower(), "n_startup_trials": n_startup_trials})
+    # Written only now: a refused command must not repoint W/input.yaml, which a plain re-run reads.
+    input_file = work / "input.yaml"
+    if not input_file.is_file() or (yaml.safe_load(input_file.read_text()) or {}) != cfg:
+        write_yaml(input_file, cfg)
+
     stats = ensure_analysis(input_file, cfg, work, fraction=data_fraction, fold=fold, seed=seed, metric=similarity,
                             mode=mode, strategy=strategy, progress=bool(progress), fingerprint=source.fingerprint)
     datalist = None
@@ -391,6 +404,7 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         if not torch.cuda.is_available():
             # The template's own algo.py runs here (fill_template_config): it needs its CPU fallbacks too.
             adapter.patch_for_cpu(tpl / algo)
+    identity["template"] = template_identity(tpl / algo)  # as installed (and patched): what trains
     from proxy_bundle.hpo.devices import cpu_count, dataloader_workers, plan_workers, resolve_devices
     from proxy_bundle.hpo.engine import TwoPhaseSearch
     from proxy_bundle.hpo.inprocess import InProcessAlgoRunner
@@ -408,13 +422,11 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
     # proxyseg's preprocessing cache has no counterpart in MONAI's templates.
     base = {"cache_dir": str(hpo_dir / "preprocessed_cache")} if adapter is None else {}
     base.update(dict(overrides or {}))
-    name = study_name or f"{algo}-{proxy}"
-    url = resolve_url(storage, work)
     config = SearchConfig(study_name=name, space=space, proxy=phase1_fid, full=full_fid, n_trials=n_trials,
                           top_k=top_k, seed=seed, sampler=str(sampler).lower(), pruner=str(pruner).lower(),
                           n_startup_trials=n_startup_trials, out_dir=str(hpo_dir / name), grace_s=float(grace_s),
                           heartbeat_s=min(10.0, float(grace_s) / 4), progress_bar=bool(progress),
-                          deadline=None if timeout is None else time.time() + timeout)
+                          deadline=None if timeout is None else time.time() + timeout, identity=identity)
     # A search that exists with other settings is refused here, before any probe or worker starts.
     checker = TwoPhaseSearch(config, AlgoRunner.from_templates(tpl, algo, work, stats, input_file, fold=fold,
                                                                base_overrides=base), url)
@@ -466,6 +478,22 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         write_json(outputs["latest_results"], summary)
     summary["outputs"] = outputs
     _print_summary(summary, time.time() - t0)
+
+
+def _check_study_settings(url: str, name: str, known: Mapping[str, Any]) -> None:
+    """Refuse, before the data analysis and selection run, a study started with other data, fold, overrides,
+    space or seed (the search checks the rest, e.g. template and fidelities, when it starts)."""
+    from proxy_bundle.hpo.fingerprint import check_known_settings, stored_settings
+    from proxy_bundle.hpo.storage import mask_url, open_storage
+
+    storage = open_storage(url)
+    try:
+        check_known_settings(name, stored_settings(storage, name), json.loads(json.dumps(known, default=str)),
+                             where=mask_url(url))
+    finally:
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()
 
 
 def with_validation_schedule(fidelity, val_every: Any):

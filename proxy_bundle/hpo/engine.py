@@ -43,6 +43,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from proxy_bundle.atomic import ensure_dir
 from proxy_bundle.errors import InputError
+from proxy_bundle.hpo.console import SearchConsole
+from proxy_bundle.hpo.fingerprint import check_unchanged
 from proxy_bundle.hpo.runners import Fidelity, TrialFailed, TrialResult, TrialRunner
 from proxy_bundle.hpo.sampling import SLOT, make_pruner, make_sampler, retry_of, slot_of
 from proxy_bundle.hpo.space import SearchSpace, suggest
@@ -101,6 +103,9 @@ class SearchConfig:
     grace_s: float = 60.0
     poll_s: float = 1.0
     progress_bar: bool = True
+    # Settings outside the search itself that change its results (data, fold, template, overrides; see
+    # hpo.fingerprint.search_identity): part of the fingerprint.
+    identity: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None
     phase2: bool = True
     wait: bool = True
@@ -123,7 +128,7 @@ class SearchConfig:
         return {
             "space": self.space.to_dict(), "proxy": self.proxy.to_dict(), "full": self.full.to_dict(),
             "seed": int(self.seed), "sampler": self.sampler, "pruner": self.pruner,
-            "n_startup_trials": self.n_startup_trials,
+            "n_startup_trials": self.n_startup_trials, **self.identity,
         }
 
     def settings(self) -> dict[str, Any]:
@@ -188,6 +193,7 @@ class TwoPhaseSearch:
         self.me = _worker_id()
         self._mine: set[int] = set()
         self.out_dir = ensure_dir(Path(config.out_dir))
+        self.console = SearchConsole()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     # ---------------------------------------------------------------- studies
@@ -210,11 +216,7 @@ class TwoPhaseSearch:
             return
         # Studies of earlier versions also stored the budget; it may change between runs.
         have = {k: v for k, v in have.items() if k not in ("n_trials", "top_k")}
-        if have != want:
-            diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-            raise InputError(f"study {study.study_name!r} already exists with different settings ({', '.join(diff)});"
-                             " re-run with the original options or choose another --study_name",
-                             where=mask_url(self.url))
+        check_unchanged(study.study_name, have, want, where=mask_url(self.url))
 
     # ---------------------------------------------------------------- liveness
     def _fail_stale(self, study: optuna.Study) -> None:
@@ -264,11 +266,14 @@ class TwoPhaseSearch:
                 if trial.user_attrs.get(INTERRUPTED):
                     trial.set_user_attr(INTERRUPTED, False)
                 prune_enabled = phase == 1
+                best_before = _best_so_far(study)
 
                 def report(epoch: int, score: float) -> bool:
                     scores.append([int(epoch), float(score)])
                     trial.report(float(score), int(epoch))
                     trial.set_user_attr(SCORES, scores)
+                    self.console.epoch(number=trial.number, epoch=int(epoch), total_epochs=fidelity.epochs,
+                                       score=float(score), best=best_before)
                     return prune_enabled and trial.should_prune()
 
                 start = time.time()
@@ -279,6 +284,7 @@ class TwoPhaseSearch:
                     trial.set_user_attr(ERROR, mask_text(str(err), self.url)[-4000:])
                     study.tell(trial, state=TrialState.FAIL)
                     log.error("trial %d failed: %s", trial.number, str(err).splitlines()[0])
+                    self._finished(study, trial, phase, fidelity, "failed", None, time.time() - start, scores)
                     return
                 except BaseException:
                     # Interrupted (Ctrl-C / SIGTERM) or an engine error: hand the trial back for a retry right away.
@@ -296,11 +302,21 @@ class TwoPhaseSearch:
                 trial.set_user_attr(key, value)
         if result.pruned:
             study.tell(trial, state=TrialState.PRUNED)
+            state, value = "pruned", float(result.scores[-1][1]) if result.scores else None
         elif result.score is None:
             trial.set_user_attr(ERROR, "no finite validation score")
             study.tell(trial, state=TrialState.FAIL)
+            state, value = "failed", None
         else:
             study.tell(trial, result.score)
+            state, value = "complete", float(result.score)
+        self._finished(study, trial, phase, fidelity, state, value, result.wall_s, result.scores)
+
+    def _finished(self, study: optuna.Study, trial: optuna.Trial, phase: int, fidelity: Fidelity, state: str,
+                  value: float | None, wall_s: float | None, scores: Sequence[Sequence[float]]) -> None:
+        self.console.finished(phase=phase, number=trial.number, fidelity=fidelity.name, state=state, value=value,
+                              wall_s=wall_s, best=_best_so_far(study),
+                              last_epoch=int(scores[-1][0]) if scores else None)
 
     def _interrupt(self, study: optuna.Study, trial: optuna.Trial) -> None:
         try:
@@ -484,7 +500,8 @@ class TwoPhaseSearch:
             t0 = time.time()
             study = self._study(c.study_name, phase=1)
             self._check_fingerprint(study)
-            bar = _bar(c.progress_bar, c.n_trials, "phase 1" + (f" ({c.proxy.name})" if c.two_phase else " (full)"))
+            bar = self.console.bar = _bar(c.progress_bar, c.n_trials,
+                                          "phase 1" + (f" ({c.proxy.name})" if c.two_phase else " (full)"))
             try:
                 phase1 = self._phase1(study, bar)
             finally:
@@ -498,7 +515,7 @@ class TwoPhaseSearch:
             if c.two_phase:
                 t1 = time.time()
                 study2, plan = self._plan_phase2(phase1)
-                bar = _bar(c.progress_bar, len(plan), "phase 2 (full)")
+                bar = self.console.bar = _bar(c.progress_bar, len(plan), "phase 2 (full)")
                 try:
                     phase2 = self._phase2(study2, plan, bar)
                 finally:
@@ -514,6 +531,15 @@ class TwoPhaseSearch:
             best = sorted(done, key=key)[0]
             return SearchOutcome(best_params=dict(best.params), best_score=float(best.value), best_trial=best,
                                  phase1=phase1, phase2=phase2, elapsed_s=elapsed, stopped_by=stopped)
+
+
+def _best_so_far(study: optuna.Study) -> tuple[float, int] | None:
+    """(best value, its trial number) of the study's completed trials; ``None`` before the first."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if not done:
+        return None
+    top = max(done, key=lambda t: (float(t.value), -t.number))
+    return float(top.value), top.number
 
 
 @contextmanager

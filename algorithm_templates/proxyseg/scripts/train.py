@@ -165,8 +165,9 @@ def _make_loaders(cfg: dict, pl, dist_info: _Dist, train_items: list, val_items:
     return train_loader, val_loader, train_sampler, cache_dir
 
 
-def _validate(model, loader, cfg: dict, device, use_amp: bool) -> float:
-    """Mean Dice over foreground classes and validation cases (sliding window at the training ROI)."""
+def _validate(model, loader, cfg: dict, device, use_amp: bool) -> tuple[float, list[float]]:
+    """Mean Dice over foreground classes and validation cases (sliding window at the training ROI), and the
+    Dice of each foreground class over the cases (NaN for a class absent from every validation case)."""
     import torch
     from monai.inferers import sliding_window_inference
     from monai.metrics import DiceMetric
@@ -192,8 +193,40 @@ def _validate(model, loader, cfg: dict, device, use_amp: bool) -> float:
             metric(y_pred=pred, y=one_hot(label.long(), num_classes=n_classes))
     per_class = metric.aggregate()  # syncs across ranks when distributed
     metric.reset()
-    per_class = per_class[~torch.isnan(per_class)]
-    return float(per_class.mean()) if per_class.numel() else 0.0
+    values = [float(v) for v in per_class.detach().cpu().reshape(-1)]
+    present = [v for v in values if math.isfinite(v)]
+    return (sum(present) / len(present) if present else 0.0), values
+
+
+def _class_names(cfg: dict, n_foreground: int) -> list[str]:
+    names = cfg.get("class_names")
+    if isinstance(names, list) and len(names) == n_foreground and all(isinstance(n, str) for n in names):
+        return list(names)
+    return [f"class_{k}" for k in range(1, n_foreground + 1)]
+
+
+def _hparams(cfg: dict, net_name: str, net_kwargs: dict) -> dict:
+    """The run's settings as TensorBoard hparams (numbers, strings and bools only)."""
+    proxy = cfg.get("proxy") or {}
+    out = {
+        "learning_rate": float(cfg["learning_rate"]),
+        "weight_decay": float(cfg["weight_decay"]),
+        "num_epochs": int(cfg["num_epochs"]),
+        "batch_size": int(cfg.get("batch_size", 1)),
+        "roi_size": "x".join(str(int(r)) for r in cfg["roi_size"]),
+        "network": net_name,
+        "init_filters": int(net_kwargs.get("init_filters", 0) or 0),
+        "fold": int(cfg.get("fold", 0) or 0),
+        "proxy_enabled": bool(proxy.get("enabled")),
+        "proxy_width": float(proxy.get("width") or 1.0),
+        "proxy_blocks": float(proxy.get("blocks") or 1.0),
+        "proxy_levels": str(proxy.get("levels")),
+    }
+    for section in ("loss", "augment"):
+        for key, value in (cfg.get(section) or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"{section}/{key}"] = float(value)
+    return out
 
 
 def run(config_file: str | Sequence[str], **override: Any) -> None:
@@ -378,7 +411,7 @@ def _train(config_file: str | Sequence[str], override: dict, on_epoch=None, cpu_
         train_s += time.time() - t_epoch
         entry = None
         if (epoch + 1) % every == 0 or epoch + 1 == num_epochs:
-            entry, best, best_epoch, val_s = _validate_epoch(
+            entry, best, best_epoch, val_s, per_class = _validate_epoch(
                 model, raw_model, val_loader, cfg, device, use_amp, epoch, best, best_epoch, val_s, record,
                 dist_info, ckpt_path)
             entry.update(elapsed_s=round(elapsed_before + time.time() - t_run, 3), train_s=round(train_s, 3),
@@ -387,6 +420,9 @@ def _train(config_file: str | Sequence[str], override: dict, on_epoch=None, cpu_
             history.append(entry)
             if writer is not None:
                 writer.add_scalar("val/avg_dice", entry["avg_dice_score"], epoch + 1)
+                for name, value in zip(_class_names(cfg, len(per_class)), per_class):
+                    if math.isfinite(value):
+                        writer.add_scalar(f"val/dice/{name}", value, epoch + 1)
                 logger.info("epoch %d/%d loss %.4f dice %.4f best %.4f (epoch %d)", epoch + 1, num_epochs,
                             epoch_loss / max(steps, 1), entry["avg_dice_score"], best, best_epoch)
         if dist_info.main:
@@ -420,6 +456,10 @@ def _train(config_file: str | Sequence[str], override: dict, on_epoch=None, cpu_
     timing["cpu_end"] = time.process_time() - cpu_base
     timing["train_s"], timing["val_s"], timing["stopped_early"] = train_s, val_s, stop
     if dist_info.main:
+        # hparams next to the scalars (run_name "."), so TensorBoard's HPARAMS tab compares trials side by side.
+        writer.add_hparams(_hparams(cfg, net_name, net_kwargs),
+                           {"hparam/best_avg_dice": max(best, 0.0), "hparam/best_epoch": float(best_epoch)},
+                           run_name=".")
         writer.close()
         _write_yaml(os.path.join(ckpt_path, "timing.yaml"), timing)
     dist_info.close()
@@ -428,9 +468,10 @@ def _train(config_file: str | Sequence[str], override: dict, on_epoch=None, cpu_
 
 def _validate_epoch(model, raw_model, val_loader, cfg, device, use_amp, epoch, best, best_epoch, val_s, record,
                     dist_info, ckpt_path):
-    """Validate after ``epoch`` (0-based), keep the best weights; returns (entry, best, best_epoch, val_s)."""
+    """Validate after ``epoch`` (0-based), keep the best weights; returns (entry, best, best_epoch, val_s,
+    per-class Dice)."""
     t_val = time.time()
-    dice = _validate(model, val_loader, cfg, device, use_amp)
+    dice, per_class = _validate(model, val_loader, cfg, device, use_amp)
     if not math.isfinite(dice):
         dice = 0.0
     if dice > best:
@@ -443,7 +484,7 @@ def _validate_epoch(model, raw_model, val_loader, cfg, device, use_amp, epoch, b
     val_s += time.time() - t_val
     entry = {"epoch": epoch + 1, "avg_dice_score": round(dice, 6), "best_avg_dice_score": round(best, 6),
              "best_epoch": best_epoch}
-    return entry, best, best_epoch, val_s
+    return entry, best, best_epoch, val_s, per_class
 
 
 def _main() -> None:

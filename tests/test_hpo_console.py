@@ -1,0 +1,39 @@
+"""What a running search prints: one line per finished trial, the bar's epoch and best-so-far status."""
+
+from __future__ import annotations
+
+import io
+
+from proxy_bundle.hpo.console import SearchConsole, epoch_status, trial_line
+
+
+def test_trial_lines_name_value_fidelity_and_best_so_far():
+    done = trial_line(phase=1, number=3, fidelity="proxy-both", state="complete", value=0.71234, wall_s=41.2,
+                      best=(0.7421, 1))
+    assert done == "phase 1 trial 3 (proxy-both): Dice 0.7123 in 41 s; best so far 0.7421 (trial 1)"
+    pruned = trial_line(phase=1, number=4, fidelity="proxy-both", state="pruned", value=0.31, wall_s=12.0,
+                        best=(0.7421, 1), last_epoch=2)
+    assert pruned == "phase 1 trial 4 (proxy-both): pruned at epoch 2 (Dice 0.3100) in 12 s; best so far 0.7421 (trial 1)"
+    failed = trial_line(phase=2, number=0, fidelity="full", state="failed", value=None, wall_s=None, best=None,
+                        error="training exited with code 1")
+    assert failed == "phase 2 trial 0 (full): failed: training exited with code 1; no completed trial yet"
+
+
+def test_epoch_status_and_console_output():
+    assert epoch_status(number=3, epoch=4, total_epochs=6, score=0.61234, best=(0.701, 0)) == \
+        "trial 3 epoch 4/6 Dice 0.6123 | best 0.7010"
+    assert epoch_status(number=0, epoch=1, total_epochs=None, score=0.1, best=None) == "trial 0 epoch 1 Dice 0.1000 | best -"
+
+    from tqdm import tqdm
+
+    stream = io.StringIO()
+    console = SearchConsole(stream=stream)
+    console.finished(phase=1, number=0, fidelity="full", state="complete", value=0.5, wall_s=1.0, best=(0.5, 0))
+    assert stream.getvalue() == "phase 1 trial 0 (full): Dice 0.5000 in 1 s; best so far 0.5000 (trial 0)\n"
+    console.bar = tqdm(total=2, file=stream, desc="phase 1")
+    console.epoch(number=1, epoch=2, total_epochs=3, score=0.25, best=(0.5, 0))
+    console.finished(phase=1, number=1, fidelity="full", state="complete", value=0.6, wall_s=2.0, best=(0.6, 1))
+    console.bar.close()
+    text = stream.getvalue()
+    assert "trial 1 epoch 2/3 Dice 0.2500 | best 0.5000" in text  # on the bar
+    assert "phase 1 trial 1 (full): Dice 0.6000 in 2 s; best so far 0.6000 (trial 1)\n" in text  # above it
