@@ -3,7 +3,7 @@
 Runs the same training settings through :class:`proxy_bundle.hpo.bundle_runner.BundleRunner` (exactly what a
 search trial runs: ``python -m monai.bundle run`` of the bundle's train config) twice: once with the bundle's own
 network on all training cases, once with the proxy network (``--width``/``--blocks``) on proxy data selected with
-``select_proxy_data`` (``--fraction``). Prints the wall time of both trials (including process start-up and data
+``select_proxy_data`` (``--data_fraction``). Prints the wall time of both trials (including process start-up and data
 loading, as a search pays them), their speed-up and their validation Dice.
 
     python benchmarks/bench_bundle_trial.py --bundle spleen_ct_proxy_segmentation --epochs 10 --size 64 --cases 24
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--roi", type=int, nargs=3, default=None, help="patch size (default: the bundle's)")
     ap.add_argument("--width", type=float, default=0.5)
     ap.add_argument("--blocks", type=float, default=0.5)
-    ap.add_argument("--fraction", type=float, default=0.5)
+    ap.add_argument("--data_fraction", type=float, default=0.5)
     ap.add_argument("--work", help="work folder (default: a temporary one)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                     help='extra train-config override for both trials, e.g. --set pixdim=[0.75,0.75,1.5]')
@@ -78,7 +78,7 @@ def main() -> None:
     runner = BundleRunner(REPO / "bundles" / args.bundle, base_overrides=base, env=env)
     t0 = time.monotonic()
     proxy_list = select_proxy_data(bundle_split(REPO / "bundles" / args.bundle, base), data,
-                                   work / "proxy_datalist.json", fraction=args.fraction)
+                                   work / "proxy_datalist.json", fraction=args.data_fraction)
     select_s = time.monotonic() - t0
     fidelities = {
         "full": Fidelity(name="full", epochs=args.epochs),
@@ -92,7 +92,7 @@ def main() -> None:
               f"per-epoch Dice {[round(s, 3) for _, s in result.scores]}")
     full, proxy = results["full"], results["proxy"]
     print(f"bench_bundle_trial: {args.bundle} {args.epochs} epochs: full trial {full.wall_s:.1f} s, proxy trial "
-          f"(width {args.width}, blocks {args.blocks}, {args.fraction:.0%} data) {proxy.wall_s:.1f} s "
+          f"(width {args.width}, blocks {args.blocks}, {args.data_fraction:.0%} data) {proxy.wall_s:.1f} s "
           f"-> {full.wall_s / proxy.wall_s:.2f}x cheaper (+{select_s:.1f} s one-off selection); "
           f"best Dice full {full.score:.3f} / proxy {proxy.score:.3f}")
 

@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--trials", type=int, default=2, help="warm trials after the cold one")
     ap.add_argument("--width", type=float, default=0.5)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--num_workers", type=int, default=2, help="DataLoader workers per trial")
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one)")
     args = ap.parse_args()
 
@@ -99,7 +99,7 @@ def main() -> None:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
         bundle, proxy = prepare(work, args.cases, args.size, args.proxy_cases)
-        base = {"num_epochs": args.epochs, "num_epochs_per_validation": 1, "num_workers": args.workers,
+        base = {"num_epochs": args.epochs, "num_epochs_per_validation": 1, "num_workers": args.num_workers,
                 "proxy#enabled": True, "proxy#width": args.width, "proxy#blocks": 0.5, "proxy#datalist": proxy}
         results = []
         for i in range(args.trials + 1):
