@@ -194,3 +194,17 @@ def test_quiet_libraries_silences_monai_info_and_library_future_warnings(capsys)
     assert logging.root.manager.disable == logging.NOTSET  # restored: library users keep their logging
     logger.info("after")
     assert "after" in capsys.readouterr().out
+
+
+def test_a_command_prints_no_library_chatter(spleen_phantom, tmp_path):
+    """MONAI's INFO lines (DataAnalyzer, BundleGen) and its FutureWarnings stay out of a command's output."""
+    cfg = tmp_path / "input.yaml"
+    cfg.write_text(f"modality: CT\ndataroot: {spleen_phantom}\ndatalist: {spleen_phantom / 'datalist.json'}\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
+    proc = subprocess.run([sys.executable, "-m", "proxy_bundle", "analyze", "--input", str(cfg), "--work_dir",
+                           str(tmp_path / "w"), "--count", "2", "--grid", "16", "--progress", "false"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout + proc.stderr
+    assert "INFO" not in text and "FutureWarning" not in text, text
+    assert "selected 2 of" in proc.stdout
