@@ -37,3 +37,38 @@ def test_epoch_status_and_console_output():
     text = stream.getvalue()
     assert "trial 1 epoch 2/3 Dice 0.2500 | best 0.5000" in text  # on the bar
     assert "phase 1 trial 1 (full): Dice 0.6000 in 2 s; best so far 0.6000 (trial 1)\n" in text  # above it
+
+
+def test_watcher_prints_the_trials_workers_finish_once(tmp_path):
+    import sys
+    from pathlib import Path
+
+    from proxy_bundle.hpo.console import StudyWatcher
+    from proxy_bundle.hpo.engine import TwoPhaseSearch
+    from proxy_bundle.hpo.runners import CommandRunner
+    from proxy_bundle.hpo.storage import open_storage
+
+    here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here))
+    try:
+        from hpo_toy_search import config
+    finally:
+        sys.path.remove(str(here))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    cfg = config(str(tmp_path / "a"), n_trials=2, top_k=1)
+    stream = io.StringIO()
+    watcher = StudyWatcher(open_storage(url), "toy", fidelities={1: cfg.proxy, 2: cfg.full}, n_trials=2,
+                           progress_bar=False, stream=stream)
+    runner = CommandRunner([sys.executable, str(here / "hpo_toy_trainer.py"), "run"], poll_s=0.05)
+    TwoPhaseSearch(cfg, runner, url).run()  # as a worker process would
+    watcher.close()
+    lines = stream.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "phase 1 trial 0 (proxy-both)", "phase 1 trial 1 (proxy-both)", "phase 2 trial 0 (full)"], lines
+    assert all("best so far 0." in line for line in lines)
+    watcher.poll()
+    assert stream.getvalue().splitlines() == lines  # each trial once
+    later = io.StringIO()
+    StudyWatcher(open_storage(url), "toy", fidelities={1: cfg.proxy, 2: cfg.full}, n_trials=2, progress_bar=False,
+                 stream=later).close()
+    assert later.getvalue() == ""  # a resumed search does not repeat what was already shown

@@ -459,8 +459,15 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
     t0 = time.time()
     workers = {"workers": []}
     if todo:  # a finished search (re-run to report) starts no worker
-        workers = run_workers(WorkerSpec(url=url, search=search_dict(config), runner=runner_spec), slots,
-                              Path(config.out_dir) / "workers")
+        from proxy_bundle.hpo.console import StudyWatcher
+
+        watcher = StudyWatcher(checker.storage, name, fidelities={1: phase1_fid, 2: full_fid}, n_trials=n_trials,
+                               progress_bar=bool(progress))
+        try:
+            workers = run_workers(WorkerSpec(url=url, search=search_dict(config), runner=runner_spec), slots,
+                                  Path(config.out_dir) / "workers", on_poll=watcher.poll)
+        finally:
+            watcher.close()
     # Everything is trained by now; this pass collects the result (and trains whatever workers left undone).
     runner = (AlgoRunner if per_trial_process else InProcessAlgoRunner).from_templates(
         tpl, algo, work, stats, input_file, fold=fold, base_overrides=base, timeout_s=trial_timeout)

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from proxy_bundle.atomic import ensure_dir, write_json
 from proxy_bundle.hpo.devices import WorkerSlot
@@ -123,26 +123,32 @@ def _tail(path: Path, n: int = 8) -> str:
 
 
 def run_workers(spec: WorkerSpec, slots: Sequence[WorkerSlot], work_dir: str | os.PathLike, *,
-                max_restarts: int = 3, poll_s: float = 1.0) -> dict[str, Any]:
+                max_restarts: int = 3, poll_s: float = 1.0, on_poll: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run one worker process per slot until all finish; restart a worker that died. Returns per-worker exit
-    codes and restart counts. Ctrl-C / SIGTERM stops every worker (their trials are retried by the next run)."""
+    codes and restart counts. Ctrl-C / SIGTERM stops every worker (their trials are retried by the next run).
+    ``on_poll`` runs every ``poll_s`` seconds while they train (the console's trial lines)."""
     out = ensure_dir(Path(work_dir))
     spec.slots = [asdict(s) for s in slots]
     spec_path = spec.write(out / "workers.json")
     from proxy_bundle.hpo.engine import _sigterm_as_interrupt
 
     with _sigterm_as_interrupt():
-        return _supervise(spec_path, slots, out, max_restarts, poll_s)
+        return _supervise(spec_path, slots, out, max_restarts, poll_s, on_poll)
 
 
 def _supervise(spec_path: Path, slots: Sequence[WorkerSlot], out: Path, max_restarts: int,
-               poll_s: float) -> dict[str, Any]:
+               poll_s: float, on_poll: Callable[[], None] | None = None) -> dict[str, Any]:
     procs = {i: _start(spec_path, i, s, out) for i, s in enumerate(slots)}
     restarts = {i: 0 for i in procs}
     codes: dict[int, int] = {}
     try:
         while procs:
             time.sleep(poll_s)
+            if on_poll is not None:
+                try:
+                    on_poll()
+                except Exception as err:  # a console hiccup (e.g. a busy database) must not stop the search
+                    log.debug("console poll failed: %s", err)
             for i, proc in list(procs.items()):
                 code = proc.poll()
                 if code is None:
