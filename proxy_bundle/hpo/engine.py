@@ -284,7 +284,7 @@ class TwoPhaseSearch:
                     trial.set_user_attr(ERROR, mask_text(str(err), self.url)[-4000:])
                     study.tell(trial, state=TrialState.FAIL)
                     log.error("trial %d failed: %s", trial.number, str(err).splitlines()[0])
-                    self._finished(study, trial, phase, fidelity, "failed", None, time.time() - start, scores)
+                    self._announce(study, trial, phase, fidelity, "failed", None, time.time() - start, scores)
                     return
                 except BaseException:
                     # Interrupted (Ctrl-C / SIGTERM) or an engine error: hand the trial back for a retry right away.
@@ -310,9 +310,9 @@ class TwoPhaseSearch:
         else:
             study.tell(trial, result.score)
             state, value = "complete", float(result.score)
-        self._finished(study, trial, phase, fidelity, state, value, result.wall_s, result.scores)
+        self._announce(study, trial, phase, fidelity, state, value, result.wall_s, result.scores)
 
-    def _finished(self, study: optuna.Study, trial: optuna.Trial, phase: int, fidelity: Fidelity, state: str,
+    def _announce(self, study: optuna.Study, trial: optuna.Trial, phase: int, fidelity: Fidelity, state: str,
                   value: float | None, wall_s: float | None, scores: Sequence[Sequence[float]]) -> None:
         self.console.finished(phase=phase, number=trial.number, fidelity=fidelity.name, state=state, value=value,
                               wall_s=wall_s, best=_best_so_far(study),
