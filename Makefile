@@ -31,8 +31,12 @@ test: venv services
 # optimiser steps per full trial, enough for rising learning curves on 2 CPU cores. The network is already 8
 # filters wide for CPU; a proxy network of it (4 filters) is still learning the background after 12 epochs, so the
 # demo uses proxy data only. Re-running resumes; `make clean` starts over.
-demo: venv
+# The phantoms are generated once: regenerating them would change the files under a finished search,
+# which `hpo` then refuses to resume (its study is keyed to the input files).
+$(DEMO_DIR)/spleen_ct/phantom_meta.json: | venv  
 	$(PY) -m proxy_bundle phantoms --task spleen_ct --out $(DEMO_DIR)/spleen_ct --num_cases 12 --num_external 4 --size 32
+
+demo: venv $(DEMO_DIR)/spleen_ct/phantom_meta.json
 	$(PY) -m proxy_bundle hpo --input $(DEMO_DIR)/spleen_ct --work_dir $(DEMO_DIR)/work --n_trials 6 --top_k 2 \
 		--proxy data --data_fraction 0.5 --epochs 12 --pruner median \
 		--overrides '{"roi_size": [32,32,32], "network#init_filters": 8}'
