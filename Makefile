@@ -32,8 +32,8 @@ test: venv services
 # filters wide for CPU; a proxy network of it (4 filters) is still learning the background after 12 epochs, so the
 # demo uses proxy data only. Re-running resumes; `make clean` starts over.
 # The phantoms are generated once: regenerating them would change the files under a finished search,
-# which `hpo` then refuses to resume (its study is keyed to the input files).
-$(DEMO_DIR)/spleen_ct/phantom_meta.json: | venv  
+# which `hpo` then refuses to resume (its study is keyed to the input files); phantom_meta.json is written last.
+$(DEMO_DIR)/spleen_ct/phantom_meta.json: | venv
 	$(PY) -m proxy_bundle phantoms --task spleen_ct --out $(DEMO_DIR)/spleen_ct --num_cases 12 --num_external 4 --size 32
 
 demo: venv $(DEMO_DIR)/spleen_ct/phantom_meta.json
