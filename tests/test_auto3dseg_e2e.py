@@ -37,7 +37,8 @@ SWINUNETR = {"roi_size": [64, 64, 64], "network#feature_size": 24, "num_epochs_p
 def _hpo(data: Path, work: Path, algo: str, overrides: dict, width: float) -> dict:
     main(["hpo", "--input", str(data), "--work_dir", str(work), "--algo", algo, "--templates", str(MONAI_TEMPLATES),
           "--proxy", "both", "--n_trials", "1", "--top_k", "1", "--epochs", "1", "--data_fraction", "0.34",
-          "--width", str(width), "--seed", "0", "--overrides", json.dumps(overrides), "--progress", "False"])
+          "--width", str(width), "--seed", "0", "--overrides", json.dumps(overrides), "--progress", "False",
+          "--default_trial", "False"])
     return json.loads((work / "hpo" / "results.json").read_text())
 
 
@@ -52,6 +53,8 @@ def test_segresnet_proxy_search_trains_each_fidelity(segresnet_search):
     p1 = [t for t in res["trials"] if t["phase"] == 1]
     p2 = [t for t in res["trials"] if t["phase"] == 2]
     assert [t["state"] for t in p1 + p2] == ["COMPLETE", "COMPLETE"]
+    # held-out scoring rebuilds proxyseg's pipeline: a MONAI template's winner is reported as not scored
+    assert res["assessment"]["unscored"] == ["best"]
     stats = yaml.safe_load((work / "datastats.yaml").read_text())
     proxy_cfg = yaml.safe_load((Path(p1[0]["trial_dir"]) / "segresnet" / "configs" / "hyper_parameters.yaml")
                                .read_text())

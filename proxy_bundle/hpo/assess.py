@@ -109,6 +109,7 @@ def assess(summary: Mapping[str, Any], cfg: Mapping[str, Any], fold: int, *, run
     if external is not None:
         sets["external"] = external[0]
     scores = heldout.score_models(models, sets) if sets else {}
+    unscored = sorted(k for k, (bundle, _) in models.items() if bundle and not heldout.scorable(bundle))
     trial_dirs = [t["trial_dir"] for t in summary.get("trials", []) if t.get("trial_dir")]
     overhead = startup_overhead(trial_dirs)
     return {
@@ -117,6 +118,7 @@ def assess(summary: Mapping[str, Any], cfg: Mapping[str, Any], fold: int, *, run
         "trivial_dice": trivial,
         "external": {"source": external[1], "cases": len(external[0])} if external is not None else None,
         "scores": scores,
+        "unscored": unscored,
         "default_trial": default,
         "startup_s": overhead[0] if overhead else None,
         "trial_s": overhead[1] if overhead else None,
@@ -149,6 +151,9 @@ def format_assessment(a: Mapping[str, Any]) -> list[str]:
     if default is not None and default.get("params"):
         lines.append("template default: " + ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in default["params"].items()))
+    if a.get("unscored"):
+        lines.append(f"not scored here: {', '.join(a['unscored'])} (held-out scoring rebuilds the proxyseg "
+                     "template's inference pipeline; use the template's own infer.py or `export` + AutoRunner)")
     if a.get("speedup_note"):
         lines.append("speedup: " + a["speedup_note"])
     lines.extend(f"warning: {w}" for w in a.get("warnings") or [])

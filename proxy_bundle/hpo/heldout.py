@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 from proxy_bundle.atomic import write_json
 from proxy_bundle.errors import InputError
 
-__all__ = ["external_cases", "run_default_trial", "score_models", "template_values", "trivial_dice",
+__all__ = ["external_cases", "run_default_trial", "scorable", "score_models", "template_values", "trivial_dice",
            "validation_cases"]
 
 DEFAULT_TRIAL_DIR = "default_trial"
@@ -160,11 +160,20 @@ def run_default_trial(runner: Any, fidelity: Any, out_dir: str | os.PathLike,
     return record
 
 
+def scorable(bundle_dir: str | os.PathLike | None) -> bool:
+    """Whether a trial's algo folder can be scored here: the evaluator rebuilds the template's own inference
+    pipeline from ``scripts/pipeline.py`` (proxyseg); MONAI's templates have no such module."""
+    return bool(bundle_dir) and (Path(bundle_dir) / "scripts" / "pipeline.py").is_file()
+
+
 def score_models(models: Mapping[str, tuple[str, str]],
                  sets: Mapping[str, Sequence[Mapping[str, str]]]) -> dict[str, dict[str, float]]:
-    """Mean foreground Dice of each ``{name: (bundle_dir, model_path)}`` on each ``{set name: cases}``."""
+    """Mean foreground Dice of each ``{name: (bundle_dir, model_path)}`` on each ``{set name: cases}``.
+
+    Models whose checkpoint is missing or whose algo folder is not :func:`scorable` are left out.
+    """
     from proxy_bundle.study.evaluate import Evaluator
 
     evaluator = Evaluator()
     return {name: evaluator.dice(bundle, model, sets) for name, (bundle, model) in models.items()
-            if bundle and model and os.path.isfile(model)}
+            if scorable(bundle) and model and os.path.isfile(model)}
