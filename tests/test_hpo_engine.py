@@ -339,8 +339,17 @@ def test_packed_workers_survive_a_crashed_worker(tmp_path, monkeypatch):
     deadline = time.time() + 90
     victim = None
     while time.time() < deadline and victim is None:
-        for pid in _processes_mentioning(f"proxy_bundle.hpo.workers\0{out / 'workers'}", wait_s=0):
-            if any((out / "phase1" / f"slot{s:04d}" / "model" / "progress.yaml").exists() for s in range(6)):
+        # the victim is a worker that owns a RUNNING trial which has started training, so exactly one is retried
+        workers = set(_processes_mentioning(f"proxy_bundle.hpo.workers\0{out / 'workers'}", wait_s=0))
+        try:
+            running = optuna.load_study(study_name="toy", storage=url).get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        except KeyError:  # the study is not created yet
+            running = []
+        for t in running:
+            pid = int(str(t.user_attrs.get("worker", ":0")).rsplit(":", 1)[1])
+            slot_dir = t.user_attrs.get("trial_dir")
+            if pid in workers and slot_dir and (Path(slot_dir) / "model" / "progress.yaml").exists():
                 victim = pid
                 break
         time.sleep(0.05)
