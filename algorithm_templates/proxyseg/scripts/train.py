@@ -241,11 +241,13 @@ def train(config_file: str | Sequence[str], override: dict | None = None, on_epo
     did not validate); returning ``True`` stops the training there (its ``last.pt`` is kept, so a later call
     resumes). Returns the validation history.
     """
-    return _train(config_file, dict(override or {}), on_epoch, cpu_base=time.process_time())
+    return _train(config_file, dict(override or {}), on_epoch, cpu_base=time.process_time(), started=time.time())
 
 
-def _train(config_file: str | Sequence[str], override: dict, on_epoch=None, cpu_base: float = 0.0) -> list[dict]:
-    """``cpu_base``: process CPU seconds already spent before this training (in a process that trains many)."""
+def _train(config_file: str | Sequence[str], override: dict, on_epoch=None, cpu_base: float = 0.0,
+           started: float | None = None) -> list[dict]:
+    """``cpu_base``: process CPU seconds already spent before this training (in a process that trains many);
+    ``started``: when this training was called there (its start-up is counted from then, not from the process's)."""
     import torch
 
     pl = load_pipeline()
@@ -353,8 +355,9 @@ def _train(config_file: str | Sequence[str], override: dict, on_epoch=None, cpu_
         )
 
     timing = {
-        "process_start": _process_start_time(),
-        "script_start": _T_SCRIPT,
+        "process_start": _process_start_time() if started is None else started,
+        "script_start": _T_SCRIPT if started is None else started,
+        "in_process": started is not None,
         "imports_done": t_imports,
         "config_ready": t_config,
         "model_ready": t_model,
