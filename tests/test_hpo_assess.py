@@ -79,6 +79,10 @@ def test_speedup_note_and_warnings():
     assert any("does not generalise" in w for w in warn)
     assert any("cost more than a full-fidelity search" in w for w in warn)
     assert any("opposite order" in w for w in warn)
+    beaten = warnings_for(_summary(1.5), 0.05, {"best": {"validation": 0.72}, "default": {"validation": 0.73}})
+    assert beaten == ["the template's default configuration scores higher than the search winner on the validation "
+                      "fold (0.7300 vs 0.7200): this search found nothing better than the defaults"]
+    assert warnings_for(_summary(1.5), 0.05, {"best": {"validation": 0.74}, "default": {"validation": 0.73}}) == []
 
 
 def test_startup_overhead_and_template_values(tmp_path):

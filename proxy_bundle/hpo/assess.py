@@ -77,6 +77,11 @@ def warnings_for(summary: Mapping[str, Any], trivial: float | None,
         ext = by_set.get("external")
         if trivial is not None and ext is not None and ext == ext and ext < trivial + TRIVIAL_MARGIN and name == "best":
             out.append(f"the winner's external-set Dice {ext:.3f} is near the trivial score: it does not generalise")
+    best_val = (scores.get("best") or {}).get("validation")
+    default_val = (scores.get("default") or {}).get("validation")
+    if best_val is not None and default_val is not None and default_val > best_val:
+        out.append(f"the template's default configuration scores higher than the search winner on the validation "
+                   f"fold ({default_val:.4f} vs {best_val:.4f}): this search found nothing better than the defaults")
     sp = summary.get("speedup") or {}
     if summary.get("proxy") != "none" and sp.get("speedup") is not None and sp["speedup"] < 1.0:
         out.append(f"the proxy search cost more than a full-fidelity search would ({sp['speedup']:.2f}x): at this "
