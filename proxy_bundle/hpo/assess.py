@@ -144,7 +144,7 @@ def format_assessment(a: Mapping[str, Any]) -> list[str]:
             v = (scores.get(name) or {}).get(set_name)
             if v is not None:
                 parts.append(f"{label} {v:.4f}")
-        return ", ".join(parts)
+        return ", ".join(parts) or "not scored"
 
     lines.append(f"validation fold {a['fold']} ({a['validation_cases']} cases): {row('validation')}"
                  f" (trivial score {a['trivial_dice']:.4f})")
