@@ -241,6 +241,12 @@ def test_out_is_existing_file(tmp_path: Path) -> None:
         generate_dataset("spleen_ct", target, num_cases=2, num_external=0, size=16)
 
 
+def test_no_external_site_writes_no_external_json(tmp_path: Path) -> None:
+    """An empty held-out list would be refused by every reader: without external cases there is no file."""
+    root = generate_dataset("spleen_ct", tmp_path / "d", num_cases=2, num_external=0, size=16)
+    assert (root / "datalist.json").is_file() and not (root / "external.json").exists()
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "proxy_bundle", "phantoms", *args], capture_output=True, text=True,

@@ -4,7 +4,7 @@ Output of :func:`generate_dataset` (all paths relative to ``out``, which is also
 
     dataset.json        Decathlon description (name, modality, labels, numTraining, training)
     datalist.json       Auto3DSeg datalist: training entries with contiguous ``fold`` keys
-    external.json       {"name", "site", "testing": [...]}: cases from an unseen site
+    external.json       {"name", "site", "testing": [...]}: cases from an unseen site (only when num_external > 0)
     phantom_meta.json   per case: site, spacing, shape, atypical flag, sampled parameters
     imagesTr/ labelsTr/ imagesExt/ labelsExt/   NIfTI-1 .nii.gz
 
@@ -236,12 +236,13 @@ def generate_dataset(
         "test": [],
     })
     write_json(root / "datalist.json", {"training": dlist})
-    write_json(root / "external.json", {
-        "name": f"{spec.name}External",
-        "site": spec.external.name,
-        "description": spec.external.description,
-        "testing": external,
-    })
+    if external:  # no external.json at all rather than an empty held-out set, which every reader would refuse
+        write_json(root / "external.json", {
+            "name": f"{spec.name}External",
+            "site": spec.external.name,
+            "description": spec.external.description,
+            "testing": external,
+        })
     write_json(root / "phantom_meta.json", {
         "task": task,
         "generator_version": GENERATOR_VERSION,

@@ -36,7 +36,7 @@ def ensure_phantoms(task: str, out: Path, num_cases: int, num_external: int, siz
     wanted = {"task": task, "num_cases": num_cases, "num_external": num_external, "size": size, "seed": seed}
     try:
         have = json.loads(meta.read_text())
-        if all(have.get(k) == v for k, v in wanted.items()) and (out / "external.json").is_file():
+        if all(have.get(k) == v for k, v in wanted.items()) and (num_external == 0 or (out / "external.json").is_file()):
             return out
     except (OSError, ValueError):
         pass
