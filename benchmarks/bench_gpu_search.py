@@ -80,7 +80,9 @@ def _common(args: argparse.Namespace, work: Path, data: Path) -> dict[str, Any]:
     return dict(input=str(data), work_dir=str(work / "work"), n_trials=args.n, top_k=1, seed=args.seed,
                 sampler="random", epochs=args.epochs, proxy_epochs=args.proxy_epochs or args.epochs,
                 data_fraction=args.data_fraction, width=args.width, overrides=overrides, progress=False,
-                devices=args.devices, val_every=args.val_every)
+                devices=args.devices, val_every=args.val_every,
+                # the search alone is timed: no baseline trial or held-out scoring after it
+                default_trial=False)
 
 
 def run_part(args: argparse.Namespace, part: str, work: Path) -> None:
