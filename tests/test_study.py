@@ -120,6 +120,7 @@ def test_tiny_study_end_to_end_and_resume(spleen_phantom, tmp_path, monkeypatch,
         assert r["cost_basis"] == "cpu_process" and r["train_cost_s"] > 0 and r["startup_cost_s"] > 0
         assert [e[0] for e in r["curve"]] == [1, 2] and r["curve"][0][2] <= r["curve"][1][2] <= r["train_cost_s"]
         assert r["hardware"]["cores"] >= 1
+        assert r["worker"] in ("cpu.0", "cpu.1")  # trained in a long-lived worker process, not a fresh one
         # the evaluator scores the best checkpoint exactly like the template's own validation
         assert r["val_dice"] == pytest.approx(r["search_dice"], abs=1e-3)
     net = [r for r in runs if r["variant"] == "network-w0.5"]
@@ -146,6 +147,22 @@ def test_tiny_study_end_to_end_and_resume(spleen_phantom, tmp_path, monkeypatch,
     # another folder (another machine): the committed table is all it needs
     study(**dict(kwargs, work_dir=str(tmp_path / "elsewhere"), table=str(w / "table.jsonl")))
     assert "6 runs (6 stored, 0 to train)" in capsys.readouterr().out
+
+
+def test_study_slots_one_run_per_gpu_and_cores_on_cpu(monkeypatch):
+    from proxy_bundle.study import workers
+
+    gpus = workers.study_slots(["3", "5"], "auto", threads=4)
+    assert [(s.device, s.lane, s.env["CUDA_VISIBLE_DEVICES"]) for s in gpus] == [("3", 0, "3"), ("5", 0, "5")]
+    assert len(workers.study_slots(["0"], 1, threads=4)) == 1
+    with pytest.raises(InputError, match="one run per GPU"):
+        workers.study_slots(["0"], 2, threads=1)
+    monkeypatch.setattr(workers, "cpu_count", lambda: 8)
+    assert [s.label for s in workers.study_slots(["cpu"], "auto", threads=2)] == [f"cpu.{i}" for i in range(4)]
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in workers.study_slots(["cpu"], 3, threads=1)] == [""] * 3
+    for bad in (0, "two", True, -1):
+        with pytest.raises(InputError, match="auto or a positive integer"):
+            workers.study_slots(["cpu"], bad, threads=1)
 
 
 def test_invocations_add_up_in_the_report():

@@ -26,11 +26,11 @@ COMMITTED=docs/study_results/$TASK/h200/table.jsonl
 mkdir -p "$OUT_DIR" "$WORK"
 if [ -f "$COMMITTED" ]; then cp "$COMMITTED" "$WORK/table.jsonl"; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT_DIR/gpu.txt" 2>/dev/null || true
-# One trial per device keeps device-time costs load-independent; 4 CPU threads for its data pipeline.
+# One run per GPU (every visible GPU is used) keeps device-time costs load-independent; 4 CPU threads per run.
 timeout $((MINUTES * 60 + 150)) python3 -m proxy_bundle study --task "$TASK" --work_dir "$WORK" --table "$WORK/table.jsonl" \
     --size "${SIZE:-96}" --roi "${ROI:-64}" --init_filters "${FILTERS:-32}" --num_cases "${CASES:-32}" \
     --num_external "${EXTERNAL:-8}" --epochs "${EPOCHS:-12}" --n_configs "${K:-24}" \
-    --n_jobs 1 --threads 4 --max_minutes "$MINUTES" --replay_seeds 20 --bootstrap 0 --progress False \
+    --devices auto --threads 4 --max_minutes "$MINUTES" --replay_seeds 20 --bootstrap 0 --progress False \
     2>&1 | grep -v -e "Warning" -e "warn(" | tail -n 40 || true
 for f in table.jsonl results.json report.md fig_regret_vs_cost.png fig_agreement.png invocations.json; do
     if [ -f "$WORK/$f" ]; then cp "$WORK/$f" "$OUT_DIR/"; fi

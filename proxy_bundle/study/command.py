@@ -9,7 +9,6 @@ import sys
 import statistics
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,7 +19,6 @@ from proxy_bundle.options import PhantomTask, SelectionMode
 from proxy_bundle.study.plan import PROXY_DATA, SHORT_BUDGETS, WIDTHS, Config, Variant, build_variants, sample_configs
 
 ALGO = "proxyseg"
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def study(
@@ -58,7 +56,8 @@ def study(
     train: bool = True,
     templates: str | None = None,
     val_every: int = 1,
-    n_jobs: int = 2,
+    devices: str = "auto",
+    trials_per_device: int | str = "auto",
     threads: int | None = 1,
     keep_checkpoints: bool = False,
     rescore_val: bool = False,
@@ -116,8 +115,14 @@ def study(
         templates: Auto3DSeg templates folder (default: WORK_DIR/algorithm_templates if present, else the
             bundled algorithm_templates).
         val_every: validate every this many epochs (1 stores the full per-epoch curve that ASHA needs).
-        n_jobs: trials trained side by side (each in its own process; 2 suits a 2-core machine, 1 a GPU).
-        threads: CPU threads per trial (OMP_NUM_THREADS of the trial processes); empty keeps the environment's.
+        devices: auto (every visible GPU, else the CPU) | cpu | GPU ordinals as this process sees them, e.g. 0,1
+            (the parent's CUDA_VISIBLE_DEVICES is respected). Each device gets long-lived worker processes that
+            train run after run (MONAI is imported once per worker, not once per run).
+        trials_per_device: runs trained side by side per device. On a GPU 1 (a run's device time is its cost, so
+            runs do not share a GPU; more GPUs train more runs at once); on the CPU auto fills the cores at
+            THREADS threads per run.
+        threads: CPU threads per run (OMP_NUM_THREADS and torch threads of the workers); empty keeps the
+            environment's.
         keep_checkpoints: keep each trial's resumable last.pt (large); model.pt is always kept.
         rescore_val: score the validation fold again with the study's evaluator instead of taking the
             template's own validation Dice of the same checkpoint (they agree; this checks it).
@@ -139,6 +144,12 @@ def study(
     )
     from proxy_bundle.study.report import hardware, hardware_summary, write_report
 
+    from proxy_bundle.hpo.devices import resolve_devices
+    from proxy_bundle.hpo.runners import _cuda_count
+    from proxy_bundle.study.workers import study_slots
+
+    device_list = resolve_devices(devices, os.environ, _cuda_count())  # bad device settings stop before any work
+    slots = study_slots(device_list, trials_per_device, threads)
     if dataset is not None:  # the gate runs before anything is written
         gate_dataset(Path(dataset), Path(work_dir).resolve() / "analysis" / ".validated")
     w = ensure_dir(Path(work_dir).resolve())
@@ -165,20 +176,24 @@ def study(
     subsets = ensure_subsets(data, w / "subsets", subset_keys, float(data_fraction), int(fold),
                              mode) if subset_keys else {}
 
-    from proxy_bundle.hpo.runners import AlgoRunner
-    from proxy_bundle.study.evaluate import Evaluator, read_cases
-    from proxy_bundle.study.runner import fidelity, run_spec, train_and_score
-    from proxy_bundle.study.store import RunStore
-
     from proxy_bundle.hpo.command import templates_dir as find_templates
-
+    from proxy_bundle.hpo.devices import CPU, cpu_count, dataloader_workers
+    from proxy_bundle.hpo.runners import AlgoRunner
+    from proxy_bundle.study.evaluate import read_cases
+    from proxy_bundle.study.runner import fidelity, run_spec
+    from proxy_bundle.study.store import RunStore
+    on_gpu = device_list != [CPU]
     templates_dir = find_templates(templates, w, ALGO)
-    runner = AlgoRunner.from_templates(
-        templates_dir, ALGO, ensure_dir(w / "algo"), data.datastats, data.input_yaml, fold=int(fold),
-        base_overrides={"num_epochs_per_validation": int(val_every), "num_workers": 0, "cache_dir": str(w / "cache"),
-                        "network#init_filters": int(init_filters),
-                        **({"roi_size": [int(roi)] * 3} if roi is not None else {})},
-    )
+    base_overrides = {"num_epochs_per_validation": int(val_every), "cache_dir": str(w / "cache"),
+                      "num_workers": dataloader_workers(cpu_count(), len(slots), on_gpu),
+                      "network#init_filters": int(init_filters),
+                      **({"roi_size": [int(roi)] * 3} if roi is not None else {})}
+    # Built here once so that a missing or broken template stops the study before any worker starts.
+    AlgoRunner.from_templates(templates_dir, ALGO, ensure_dir(w / "algo"), data.datastats, data.input_yaml,
+                              fold=int(fold), base_overrides=base_overrides)
+    runner_spec = {"templates": str(templates_dir), "algo": ALGO, "work_dir": str(w / "algo"),
+                   "datastats": str(data.datastats), "input_file": str(data.input_yaml), "fold": int(fold),
+                   "base_overrides": base_overrides, "timeout_s": None, "kind": "in-process"}
     val_cases = read_cases(data.datalist, "training", data.dataroot, fold=int(fold))
     sets = {"ext": read_cases(data.external, "testing", data.dataroot)} if data.external is not None else {}
     if rescore_val:
@@ -199,11 +214,6 @@ def study(
     store = RunStore(w / "runs")
     table_file = Path(table).resolve() if table else w / "table.jsonl"
     imported = store.import_table(table_file)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    evaluator = Evaluator()
     jobs = []
     for c in configs:  # configuration-major: every block of runs costs about the same, so the ETA is steady
         for v in plan:
@@ -212,7 +222,9 @@ def study(
     todo = [j for j in jobs if store.get(j[0].id, j[1].name, j[3]) is None]
     print(f"study: {len(configs)} configurations x {len(plan)} variants = {len(jobs)} runs "
           f"({len(jobs) - len(todo)} stored, {len(todo)} to train) in {w}"
-          + (f"; {imported} imported from {table_file}" if imported else ""), flush=True)
+          + (f"; {imported} imported from {table_file}" if imported else "")
+          + (f"; {len(slots)} worker(s) on {', '.join(sorted({s.label.rsplit('.', 1)[0] for s in slots}))}"
+             if todo and train else ""), flush=True)
     n_stored = len(jobs) - len(todo)
     if not train and todo:
         print(f"study: --train False: {len(todo)} runs left untrained, replaying the stored ones", flush=True)
@@ -220,60 +232,14 @@ def study(
 
     from tqdm.auto import tqdm
 
-    stop = threading.Event()
     deadline = t_start + 60.0 * float(max_minutes) if max_minutes is not None else None
-    timer = threading.Timer(max(0.0, deadline - time.time()), stop.set) if deadline is not None else None
     walls: list[float] = []
-    hw = hardware()
-
-    def work(job: tuple) -> dict | None:
-        c, v, fid, spec = job
-        if stop.is_set():
-            return None
-        if deadline is not None and walls and time.time() + statistics.median(walls) > deadline:
-            return None  # would not finish in time: leave it to the next invocation
-        t_run = time.monotonic()
-        rec = train_and_score(runner, evaluator, c, fid, w / "trials" / v.name / c.id, sets, keep_checkpoints,
-                              v.train_seed, stop=stop)
-        if rec["status"] == "interrupted":
-            return None
-        walls.append(time.monotonic() - t_run)
-        rec["hardware"] = hw
-        return store.put(c.id, v.name, spec, rec)
-
     bar = tqdm(total=len(todo), desc="study", unit="run", disable=not progress, dynamic_ncols=True)
-    saved_env = {k: os.environ.get(k) for k in _THREAD_VARS}
-    if threads is not None:
-        # Trials inherit the environment: one thread per trial avoids OpenMP oversubscription when trials run
-        # side by side (on a busy 2-core machine two 2-thread trials run several times slower than 1-thread ones).
-        os.environ.update({k: str(int(threads)) for k in _THREAD_VARS})
-    if timer is not None:
-        timer.daemon = True
-        timer.start()
     try:
-        with ThreadPoolExecutor(max_workers=max(1, int(n_jobs)), thread_name_prefix="study") as pool:
-            futures = [pool.submit(work, j) for j in todo]
-            try:
-                for f in as_completed(futures):
-                    rec = f.result()
-                    if rec is not None:
-                        bar.set_postfix_str(f"{rec['config_id']} {rec['variant']} {rec['status']}")
-                    bar.update(1)
-            except BaseException:
-                # Ctrl-C or an error: running trials stop at their next validation, queued ones never start.
-                stop.set()
-                for f in futures:
-                    f.cancel()
-                raise
+        if todo:
+            walls = _train_all(todo, slots, runner_spec, threads, w, sets, keep_checkpoints, store, deadline, bar)
     finally:
-        if timer is not None:
-            timer.cancel()
         bar.close()
-        for k, val in saved_env.items():
-            if val is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = val
 
     records = [store.get(c.id, v.name, spec) for c, v, _, spec in jobs]
     records = [r for r in records if r is not None]
@@ -310,7 +276,8 @@ def study(
         "levels": levels,
         "init_filters": int(init_filters),
         "val_every": int(val_every),
-        "workers": int(n_jobs),
+        "workers": len(slots),
+        "devices": device_list,
         "threads": threads,
         "fraction": float(data_fraction),
         "selection_mode": mode,
@@ -347,6 +314,60 @@ def study(
     }
     report = write_report(w, results)
     print_summary(results, report)
+
+
+def _train_all(todo: list, slots: Sequence[Any], runner_spec: dict, threads: int | None, w: Path,
+               sets: dict, keep_checkpoints: bool, store: Any, deadline: float | None, bar: Any) -> list[float]:
+    """Train the runs in ``todo`` on the workers, storing each as it finishes; returns the wall-clock seconds of
+    the runs stored. Before ``deadline`` (epoch seconds) a run starts only if a median run would end in time; at
+    the deadline running runs stop at their next validation and are not stored (the next invocation resumes)."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    from proxy_bundle.study.workers import StudyWorkers
+
+    walls: list[float] = []
+    pending = list(todo)
+    inflight: dict[Any, tuple] = {}
+    with StudyWorkers(slots, runner_spec, threads) as workers:
+        timer = threading.Timer(max(0.0, deadline - time.time()), workers.stop.set) if deadline is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            while pending or inflight:
+                while pending and len(inflight) < workers.size and not workers.stop.is_set():
+                    if deadline is not None and walls and time.time() + statistics.median(walls) > deadline:
+                        pending = []  # would not finish in time: left to the next invocation
+                        break
+                    c, v, fid, spec = job = pending.pop(0)
+                    future = workers.submit(c, v, fid, w / "trials" / v.name / c.id, sets, keep_checkpoints)
+                    inflight[future] = (job, time.monotonic())
+                if not inflight:
+                    break
+                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                for future in done:
+                    (c, v, _fid, spec), t_run = inflight.pop(future)
+                    try:
+                        rec = future.result()
+                    except BrokenProcessPool:
+                        if workers.stop.is_set():
+                            continue
+                        print(f"study: a worker process died while training {c.id} {v.name} (see "
+                              f"{w / 'trials' / v.name / c.id / 'train.log'}); the runs stored so far are kept, "
+                              f"the same command resumes", flush=True)
+                        workers.stop.set()
+                        pending = []
+                        continue
+                    if rec["status"] != "interrupted":
+                        walls.append(time.monotonic() - t_run)
+                        rec = store.put(c.id, v.name, spec, rec)
+                        bar.set_postfix_str(f"{rec['config_id']} {rec['variant']} {rec['status']}")
+                    bar.update(1)
+        finally:
+            if timer is not None:
+                timer.cancel()
+    return walls
 
 
 def _names(value: str | Sequence[str] | None, what: str) -> list[str]:
