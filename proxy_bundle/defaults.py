@@ -12,3 +12,4 @@ PROXY_WIDTH = 0.25  # proxy-network channel multiplier
 PROXY_BLOCKS = 1.0  # proxy-network residual-block multiplier
 DATA_FRACTION = 0.25  # proxy-data share of the training cases
 TOP_K = 2  # phase-1 configurations retrained at full fidelity
+SHORT_FRACTION = 0.25  # short training as the proxy (--proxy short): share of the full run's epochs

@@ -16,7 +16,7 @@ from typing import Literal, get_args
 Similarity = Literal["mi", "nmi", "ncc"]
 SelectionMode = Literal["roi", "image"]
 Strategy = Literal["representative", "diverse", "coverage", "random"]
-ProxyMode = Literal["none", "data", "network", "both"]
+ProxyMode = Literal["none", "data", "network", "both", "short"]
 Network = Literal["segresnetds", "segresnet", "unet", "dynunet", "swinunetr"]
 CostMetric = Literal["flops", "params"]
 PhantomTask = Literal["spleen_ct", "prostate_mr"]

@@ -107,7 +107,7 @@ def test_hpo_rerun_is_a_noop_and_cli_errors_are_one_line(searched: Path, capsys,
     cases = [
         (["--input", str(tmp_path / "nope.yaml")], "input file or dataset folder not found"),
         (["--search_space", str(bad)], f"{bad}: learning_rate: log scale needs low > 0"),
-        (["--proxy", "half"], "--proxy: invalid value 'half' (expected one of none, data, network, both)"),
+        (["--proxy", "half"], "--proxy: invalid value 'half' (expected one of none, data, network, both, short)"),
         (["--top_k", "3", "--n_trials", "2"], "--top_k: top_k (3) cannot exceed n_trials (2)"),
         (["--storage", "postgresql://u:s3cret@127.0.0.1:9/db"], "cannot open storage"),
         # The existing study answers only the command that made it: a changed setting is refused up front.
@@ -123,6 +123,38 @@ def test_hpo_rerun_is_a_noop_and_cli_errors_are_one_line(searched: Path, capsys,
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and needle in err and "\n" not in err, err
         assert "s3cret" not in err
+
+
+def test_short_training_as_the_proxy(searched: Path, capsys):
+    """--proxy short: phase 1 trains the full data and network for fewer epochs, phase 2 retrains the top-k for
+    the full run's epochs; its length defaults to a quarter of the template's own epochs."""
+    from proxy_bundle.hpo.runners import AlgoRunner
+
+    work = searched
+    runner = AlgoRunner.from_templates(work / "algorithm_templates", "proxyseg", work, work / "datastats.yaml",
+                                       work / "input.yaml")
+    template_epochs = runner.default_epochs(work / "scratch")
+    assert isinstance(template_epochs, int) and template_epochs > 1 and not (work / "scratch").exists()
+
+    args = ["hpo", "--work_dir", str(work), "--n_trials", "2", "--top_k", "1", "--proxy", "short", "--seed", "3",
+            "--overrides", json.dumps(TINY), "--progress", "False", "--default_trial", "False"]
+    for extra, needle in [(["--epochs", "2", "--proxy_epochs", "2"],
+                           "--proxy_epochs: short training must be shorter than the full run's 2 epochs, got 2"),
+                          (["--epochs", "1"], "short training must be shorter than the full run's 1 epochs, got 1")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, *extra])
+        assert exit_info.value.code == 2 and needle in capsys.readouterr().err
+    main([*args, "--epochs", "2", "--proxy_epochs", "1"])
+    res = json.loads((work / "hpo" / "proxyseg-short" / "results.json").read_text())
+    p1 = [t for t in res["trials"] if t["phase"] == 1]
+    p2 = [t for t in res["trials"] if t["phase"] == 2]
+    assert len(p1) == 2 and len(p2) == 1 and res["proxy"] == "short"
+    for t in p1:
+        assert t["fidelity"]["name"] == "proxy-short" and t["fidelity"]["epochs"] == 1
+        assert t["fidelity"]["width"] == 1.0 and t["fidelity"]["datalist"] is None
+        assert [s["epoch"] for s in t["scores"]] == [1]
+    assert p2[0]["fidelity"]["epochs"] == 2 and [s["epoch"] for s in p2[0]["scores"]] == [1, 2]
+    assert "then top 1 at full fidelity" in capsys.readouterr().out
 
 
 def test_proxy_optuna_gen_as_in_monai_tutorial(searched: Path, tmp_path):

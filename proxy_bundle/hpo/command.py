@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 from proxy_bundle.atomic import ensure_dir, write_json, write_yaml
-from proxy_bundle.defaults import DATA_FRACTION, PROXY_BLOCKS, PROXY_WIDTH, TOP_K
+from proxy_bundle.defaults import DATA_FRACTION, PROXY_BLOCKS, PROXY_WIDTH, SHORT_FRACTION, TOP_K
 from proxy_bundle.errors import InputError
 from proxy_bundle.options import PROXY_MODES, ProxyMode, SelectionMode, Similarity, Strategy
 
@@ -212,14 +212,30 @@ def _install_templates(src: Path, work_dir: Path, algo: str) -> Path:
 
 # ---------------------------------------------------------------------------------------------- fidelities
 def build_fidelities(proxy: str, datalist: str | None, width: float, blocks: float, levels: int | None,
-                     epochs: int | None, proxy_epochs: int | None):
-    """(phase-1 fidelity, full fidelity) for a ``--proxy`` mode."""
+                     epochs: int | None, proxy_epochs: int | None, template_epochs: int | None = None):
+    """(phase-1 fidelity, full fidelity) for a ``--proxy`` mode.
+
+    ``short`` trains the full data and network for ``proxy_epochs`` (default: ``SHORT_FRACTION`` of the full
+    run's epochs, ``epochs`` or else ``template_epochs``, the template's own). Raises :class:`InputError`
+    (``--proxy_epochs``) when short training would not be shorter or its length is unknown.
+    """
     from proxy_bundle.hpo.runners import Fidelity
 
     full = Fidelity("full", epochs=epochs)
     p_epochs = proxy_epochs if proxy_epochs is not None else epochs
     if proxy == "none":
         return full, full
+    if proxy == "short":
+        n_full = epochs if epochs is not None else template_epochs
+        if proxy_epochs is None:
+            if n_full is None:
+                raise InputError("--proxy short needs --proxy_epochs (or --epochs): the template's number of "
+                                 "epochs could not be read", where="--proxy_epochs")
+            p_epochs = max(1, round(int(n_full) * SHORT_FRACTION))
+        if n_full is not None and p_epochs >= int(n_full):
+            raise InputError(f"short training must be shorter than the full run's {n_full} epochs, got {p_epochs}",
+                             where="--proxy_epochs")
+        return Fidelity("proxy-short", epochs=int(p_epochs)), full
     use_data, use_net = proxy in ("data", "both"), proxy in ("network", "both")
     return Fidelity(f"proxy-{proxy}", datalist=datalist if use_data else None,
                     width=width if use_net else 1.0, blocks=blocks if use_net else 1.0,
@@ -263,7 +279,8 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
             folder with datalist.json (+ dataset.json); default: W/input.yaml of an earlier run.
         work_dir: work dir W (datastats.yaml, algorithm_templates, hpo/ with the results).
         n_trials: phase-1 trials.
-        proxy: none (full-fidelity baseline, no phase 2) | data (proxy data) | network (proxy network) | both.
+        proxy: none (full-fidelity baseline, no phase 2) | data (proxy data) | network (proxy network) | both |
+            short (full data and network, --proxy_epochs epochs).
         data_fraction: proxy data size as a fraction of the training candidates.
         width: proxy network channel multiplier.
         blocks: proxy network residual-block multiplier.
@@ -274,7 +291,7 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         search_space: YAML search space (default: learning rate, weight decay, loss weights, augmentation).
         seed: sampler seed (same seed, same search).
         epochs: training epochs of every trial (default: the template's, derived from the dataset).
-        proxy_epochs: phase-1 epochs (default: epochs).
+        proxy_epochs: phase-1 epochs (default: epochs; with --proxy short a quarter of the full run's).
         study_name: Optuna study name (default <algo>-<proxy>); phase 2 uses <name>-phase2.
         sampler: tpe | random.
         n_startup_trials: random trials before TPE (default: half of n_trials, 2..10).
@@ -393,9 +410,8 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
     if proxy in ("data", "both"):
         datalist = proxy_datalist(cfg, work, stats, fraction=data_fraction, fold=fold, seed=seed, metric=similarity,
                                   mode=mode, strategy=strategy, fingerprint=source.fingerprint)
-    phase1_fid, full_fid = build_fidelities(proxy, datalist, width, blocks, levels, epochs, proxy_epochs)
-    phase1_fid, full_fid = (with_validation_schedule(phase1_fid, val_every),
-                            with_validation_schedule(full_fid, val_every))
+    if proxy != "short":  # short training's length may follow from the template's epochs (below)
+        phase1_fid, full_fid = build_fidelities(proxy, datalist, width, blocks, levels, epochs, proxy_epochs)
 
     tpl = _install_templates(templates_dir(templates, work, algo), work, algo)
     if adapter is not None:
@@ -405,6 +421,14 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
             # The template's own algo.py runs here (fill_template_config): it needs its CPU fallbacks too.
             adapter.patch_for_cpu(tpl / algo)
     identity["template"] = template_identity(tpl / algo)  # as installed (and patched): what trains
+    if proxy == "short":
+        t_epochs = None
+        if epochs is None and proxy_epochs is None:
+            t_epochs = AlgoRunner.from_templates(tpl, algo, work, stats, input_file, fold=fold).default_epochs(
+                hpo_dir / ".template_epochs")
+        phase1_fid, full_fid = build_fidelities(proxy, None, width, blocks, levels, epochs, proxy_epochs, t_epochs)
+    phase1_fid, full_fid = (with_validation_schedule(phase1_fid, val_every),
+                            with_validation_schedule(full_fid, val_every))
     from proxy_bundle.hpo.devices import cpu_count, dataloader_workers, plan_workers, resolve_devices
     from proxy_bundle.hpo.engine import TwoPhaseSearch
     from proxy_bundle.hpo.inprocess import InProcessAlgoRunner

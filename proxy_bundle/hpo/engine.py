@@ -121,7 +121,8 @@ class SearchConfig:
 
     @property
     def two_phase(self) -> bool:
-        return not self.proxy.is_full
+        # Short training (full data and network, fewer epochs) is a proxy fidelity too.
+        return self.proxy != self.full
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed, extended or joining worker must share with the study's creator."""

@@ -476,6 +476,25 @@ class AlgoRunner:
         write_yaml(trial_dir / "overrides.yaml", overrides)
         return algo, overrides
 
+    def default_epochs(self, scratch_dir: str | os.PathLike) -> int | None:
+        """The number of training epochs the template sets for this dataset (e.g. proxyseg's from the number of
+        cases), read from a default-configuration export into ``scratch_dir`` (removed after); ``None`` when the
+        exported configs do not hold an integer there."""
+        from proxy_bundle.templates.adapters import merged_config
+
+        adapter = self.adapter
+        key = adapter.epochs_key if adapter is not None else "num_epochs"
+        scratch = Path(scratch_dir)
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            algo = self.export({}, Fidelity(), scratch)
+            value = merged_config(algo.get_output_path()).get(key)
+        except (KeyError, OSError, ValueError):
+            return None
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
     def command(self, algo: Any, overrides: Mapping[str, Any]) -> list[str]:
         """The training command, as ``BundleAlgo.train`` builds it (list form: paths with spaces survive)."""
         out = Path(algo.get_output_path())
