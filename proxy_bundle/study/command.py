@@ -329,7 +329,7 @@ def _train_all(todo: list, slots: Sequence[Any], runner_spec: dict, threads: int
     walls: list[float] = []
     pending = list(todo)
     inflight: dict[Any, tuple] = {}
-    with StudyWorkers(slots, runner_spec, threads) as workers:
+    with StudyWorkers(slots, runner_spec, threads, w / "workers") as workers:
         timer = threading.Timer(max(0.0, deadline - time.time()), workers.stop.set) if deadline is not None else None
         if timer is not None:
             timer.daemon = True

@@ -14,6 +14,8 @@ piece written here is the slot hand-out, because the executor has no notion of a
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -52,9 +54,15 @@ def study_slots(devices: Sequence[str], trials_per_device: int | str | None, thr
     return [WorkerSlot(d, lane) for d in devices for lane in range(n)]
 
 
-def _init(slots: Any, stop: Any, runner_spec: Mapping[str, Any], threads: int | None) -> None:
-    """Worker start: claim a slot, pin its device and threads, build the runner and the evaluator once."""
+def _init(slots: Any, stop: Any, runner_spec: Mapping[str, Any], threads: int | None, log_dir: str) -> None:
+    """Worker start: claim a slot, pin its device and threads, send its output to its log file, build the runner
+    and the evaluator once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (see StudyWorkers)
     slot = WorkerSlot(**slots.get())
+    # Library logging and warnings go to the worker's log, not between the parent's progress lines.
+    log = open(Path(log_dir) / f"worker-{slot.label}.log", "ab", buffering=0)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
     os.environ.update(slot.env)  # before torch is first imported in this process
     if threads is not None:
         os.environ.update({k: str(int(threads)) for k in _THREAD_VARS})
@@ -68,6 +76,10 @@ def _init(slots: Any, stop: Any, runner_spec: Mapping[str, Any], threads: int | 
 
     _state.update(slot=slot, stop=stop, runner=build_runner(runner_spec), evaluator=Evaluator(),
                   hardware=hardware())
+
+
+def _ready() -> str:
+    return _state["slot"].label
 
 
 def _train(job: tuple) -> dict[str, Any]:
@@ -90,12 +102,15 @@ class StudyWorkers:
         runner_spec: the runner each worker builds (``proxy_bundle.hpo.workers.build_runner``'s argument).
         threads: CPU threads per worker (``OMP_NUM_THREADS`` and ``torch.set_num_threads``); ``None`` keeps the
             environment's.
+        log_dir: folder of the workers' output, one ``worker-<device>.<lane>.log`` each (created).
     """
 
-    def __init__(self, slots: Sequence[WorkerSlot], runner_spec: Mapping[str, Any], threads: int | None) -> None:
+    def __init__(self, slots: Sequence[WorkerSlot], runner_spec: Mapping[str, Any], threads: int | None,
+                 log_dir: str | os.PathLike) -> None:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         for s in slots:
@@ -103,8 +118,19 @@ class StudyWorkers:
         self.stop = ctx.Event()
         self.size = len(slots)
         self._queue = queue
+        self._mp = mp
         self.pool = ProcessPoolExecutor(max_workers=len(slots), mp_context=ctx, initializer=_init,
-                                        initargs=(queue, self.stop, dict(runner_spec), threads))
+                                        initargs=(queue, self.stop, dict(runner_spec), threads, str(log_dir)))
+        # Every worker starts now with Ctrl-C ignored (inherited through exec), so that a Ctrl-C in the terminal
+        # reaches the parent alone: it stops the workers itself, without a traceback from each of them.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            for _ in slots:
+                self.pool.submit(_ready)
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
 
     def submit(self, config: Any, variant: Any, fid: Any, trial_dir: str | os.PathLike,
                sets: Mapping[str, Sequence[Mapping[str, str]]], keep_checkpoints: bool) -> Any:
@@ -112,10 +138,17 @@ class StudyWorkers:
         return self.pool.submit(_train, (config, variant, fid, str(trial_dir), dict(sets), bool(keep_checkpoints)))
 
     def close(self, cancel: bool = False) -> None:
-        """Stop the workers (``cancel``: running runs stop at their next validation, queued ones never start)."""
+        """Stop the workers once their runs end; ``cancel`` (Ctrl-C, an error): at once, queued runs never start
+        and running ones are not stored (their trial folders are started afresh by the next invocation)."""
         if cancel:
             self.stop.set()
-        self.pool.shutdown(wait=True, cancel_futures=cancel)
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            for proc in self._mp.active_children():
+                proc.terminate()
+            for proc in self._mp.active_children():
+                proc.join(timeout=30)
+        else:
+            self.pool.shutdown(wait=True)
         self._queue.close()
 
     def __enter__(self) -> "StudyWorkers":
