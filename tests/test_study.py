@@ -107,6 +107,11 @@ def test_tiny_study_end_to_end_and_resume(spleen_phantom, tmp_path, monkeypatch,
     kwargs = dict(task="spleen_ct", work_dir=str(w), dataset=str(spleen_phantom), n_configs=3, epochs=2,
                   init_filters=8, widths="0.5", data_fraction=0.5, variants="network", rescore_val=True, progress=False,
                   replay_seeds=20, bootstrap=10)
+    # --max_minutes ends an invocation in time: the runs it stopped are not stored, the report still comes
+    study(**dict(kwargs, max_minutes=0.01))
+    out = capsys.readouterr().out
+    assert "6 runs (0 stored, 6 to train)" in out and "table" in out and (w / "report.md").is_file()
+    assert not list((w / "runs").glob("*/*.json"))
     study(**kwargs)
     out = capsys.readouterr().out
     assert "6 runs (0 stored, 6 to train)" in out
