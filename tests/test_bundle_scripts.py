@@ -297,3 +297,4 @@ def test_fidelity_mapping():
     assert proxy_mode(Fidelity(datalist="p.json"), full) == "data"
     assert proxy_mode(Fidelity(datalist="p.json", levels=2), full) == "both"
     assert proxy_mode(full, full) == "none"
+    assert proxy_mode(Fidelity(name="proxy", epochs=2), Fidelity(name="full", epochs=8)) == "short"

@@ -51,9 +51,12 @@ def fidelity_overrides(fidelity: Fidelity) -> dict[str, Any]:
 
 
 def proxy_mode(proxy: Fidelity, full: Fidelity) -> str:
-    """``none`` / ``data`` / ``network`` / ``both``: what the phase-1 fidelity shrinks relative to the full one."""
+    """``none`` / ``data`` / ``network`` / ``both`` / ``short``: what the phase-1 fidelity shrinks relative to the
+    full one (``short``: only the number of epochs)."""
     data = proxy.datalist != full.datalist
     net = (proxy.width, proxy.blocks, proxy.levels) != (full.width, full.blocks, full.levels)
+    if not (data or net) and proxy.epochs != full.epochs:
+        return "short"
     return {(False, False): "none", (True, False): "data", (False, True): "network", (True, True): "both"}[(data, net)]
 
 
