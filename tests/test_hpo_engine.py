@@ -413,3 +413,17 @@ def test_resumable_trial_dir_keeps_only_the_checkpoint(tmp_path):
     (trial / "train.log").write_text("old")
     resumable_trial_dir(trial)
     assert sorted(p.name for p in trial.iterdir()) == ["model"] and (trial / "model" / "last.pt").is_file()
+
+
+def test_two_phase_is_any_cheaper_fidelity_not_a_name():
+    from proxy_bundle.hpo.engine import SearchConfig
+    from proxy_bundle.hpo.runners import Fidelity
+
+    def cfg(proxy: Fidelity, full: Fidelity) -> SearchConfig:
+        return SearchConfig(study_name="s", space=default_space(), proxy=proxy, full=full, n_trials=2, top_k=1)
+
+    full = Fidelity("full", epochs=8)
+    assert not cfg(full, full).two_phase
+    assert not cfg(Fidelity("proxy", epochs=8), full).two_phase  # renamed, not cheaper: no phase 2
+    assert cfg(Fidelity("proxy-short", epochs=2), full).two_phase
+    assert cfg(Fidelity("proxy-network", width=0.5, epochs=8), full).two_phase

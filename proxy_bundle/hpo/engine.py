@@ -33,7 +33,7 @@ import threading
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -121,8 +121,8 @@ class SearchConfig:
 
     @property
     def two_phase(self) -> bool:
-        # Short training (full data and network, fewer epochs) is a proxy fidelity too.
-        return self.proxy != self.full
+        # Short training (full data and network, fewer epochs) is a proxy fidelity too; the name alone is not.
+        return replace(self.proxy, name=self.full.name) != self.full
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed, extended or joining worker must share with the study's creator."""
