@@ -390,7 +390,7 @@ def test_hpo_two_trials(bundle, request):
     proc = _bundle_cli(root, "run", "--config_file", "['configs/train.json','configs/hpo.json']",
                        f"--dataset_dir={phantom}", "--num_workers=0", f"--roi_size={roi}", "--num_samples=1",
                        "--batch_size=2", "--sw_batch_size=2", "--val_interval=1", "--epochs=1", "--sw_overlap=0.25",
-                       "--hpo#n_trials=2", "--hpo#top_k=1", "--hpo#plots=False", env=_env())
+                       "--hpo#n_trials=2", "--hpo#top_k=1", "--hpo#plots=False", "--hpo#proxy_mode=both", env=_env())
     assert "best full-fidelity Dice" in proc.stdout
     study = root / "hpo" / bundle["name"]
     results = json.loads((study / "results.json").read_text())
@@ -431,6 +431,11 @@ def test_hpo_two_trials(bundle, request):
     parser.read_config([str(root / "configs/train.json"), str(root / "hpo/best_params.yaml")])
     for key, value in results["best"]["params"].items():
         assert parser[key] == pytest.approx(value)
+    # a bad search setting stops the run in one line, before any trial
+    proc = _bundle_cli(root, "run", "--config_file", "['configs/train.json','configs/hpo.json']",
+                       f"--dataset_dir={phantom}", "--hpo#proxy_mode=half", env=_env(), expect=2)
+    assert proc.stderr.strip().splitlines()[-1] == ("error: configs/hpo.json: hpo#proxy_mode: unknown proxy mode "
+                                                    "'half'; use one of ['none', 'data', 'network', 'both', 'short']")
 
 
 def test_bundle_runner_prunes_a_running_trial(spleen_phantom, tmp_path):

@@ -31,7 +31,8 @@ from proxy_bundle.hpo.runners import (
     PROGRESS_FILE, Fidelity, ReportFn, TrialResult, fire_value, fresh_trial_dir, launch_and_poll,
 )
 
-__all__ = ["BundleRunner", "fidelity_overrides", "proxy_mode", "run_bundle_search", "select_proxy_data"]
+__all__ = ["BundleRunner", "fidelity_overrides", "one_line_errors", "proxy_fidelity", "proxy_mode",
+           "run_bundle_search", "select_proxy_data"]
 
 #: Config ids a trial sets for its own paths; a search space or base override may not touch them.
 TRIAL_PATH_KEYS = ("ckpt_dir", "log_dir", "output_dir", "progress_file", "resume")
@@ -58,6 +59,45 @@ def proxy_mode(proxy: Fidelity, full: Fidelity) -> str:
     if not (data or net) and proxy.epochs != full.epochs:
         return "short"
     return {(False, False): "none", (True, False): "data", (False, True): "network", (True, True): "both"}[(data, net)]
+
+
+def one_line_errors() -> None:
+    """End a bundle search stopped by bad input with one line ``error: <where>: <problem>`` and exit code 2.
+
+    MONAI's config evaluation wraps what the components of ``configs/hpo.json`` raise (a bad ``hpo#n_devices``,
+    an unknown ``hpo#proxy_mode``, an unreadable proxy datalist) in ``RuntimeError``s with the expression's source,
+    and ``python -m monai.bundle run`` prints that traceback. Called from the config's ``initialize``, this
+    installs a ``sys.excepthook`` that finds an :class:`InputError` in the uncaught exception's chain and prints it
+    alone; anything else keeps its traceback. Written here because neither MONAI's bundle runner nor its config
+    parser has such a switch.
+    """
+    previous = sys.excepthook
+
+    def hook(kind: type, err: BaseException, tb: Any) -> None:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, InputError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            previous(kind, err, tb)
+            return
+        print("error: " + " ".join(str(cause).split()), file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)  # an excepthook cannot choose the exit code otherwise (the interpreter would exit with 1)
+
+    sys.excepthook = hook
+
+
+def proxy_fidelity(mode: str, *, epochs: int, datalist: str | None = None, width: float = 1.0, blocks: float = 1.0,
+                   levels: int | None = None, proxy_epochs: int | None = None) -> Fidelity:
+    """A bundle search's phase-1 fidelity from ``configs/hpo.json``'s ``hpo#proxy_mode`` (none, data, network,
+    both, short), as ``hpo --proxy`` builds it (:func:`proxy_bundle.hpo.fidelities.build_fidelities`): ``datalist``
+    for data/both, ``width``/``blocks``/``levels`` for network/both, ``proxy_epochs`` (default a quarter of
+    ``epochs``) for short. Raises :class:`InputError` naming the config key for an unknown mode or a short run
+    that is not shorter."""
+    from proxy_bundle.hpo.fidelities import build_fidelities
+
+    return build_fidelities(str(mode).lower(), datalist, float(width), float(blocks), levels, int(epochs), proxy_epochs,
+                            where=("configs/hpo.json: hpo#proxy_mode", "configs/hpo.json: hpo#proxy_epochs"))[0]
 
 
 class BundleRunner:

@@ -20,7 +20,8 @@ from typing import Any, Mapping
 import yaml
 
 from proxy_bundle.atomic import ensure_dir, write_json, write_yaml
-from proxy_bundle.defaults import DATA_FRACTION, PROXY_BLOCKS, PROXY_WIDTH, SHORT_FRACTION, TOP_K
+from proxy_bundle.defaults import DATA_FRACTION, PROXY_BLOCKS, PROXY_MODE, PROXY_WIDTH, TOP_K
+from proxy_bundle.hpo.fidelities import build_fidelities
 from proxy_bundle.errors import InputError
 from proxy_bundle.options import PROXY_MODES, ProxyMode, SelectionMode, Similarity, Strategy
 
@@ -211,37 +212,6 @@ def _install_templates(src: Path, work_dir: Path, algo: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- fidelities
-def build_fidelities(proxy: str, datalist: str | None, width: float, blocks: float, levels: int | None,
-                     epochs: int | None, proxy_epochs: int | None, template_epochs: int | None = None):
-    """(phase-1 fidelity, full fidelity) for a ``--proxy`` mode.
-
-    ``short`` trains the full data and network for ``proxy_epochs`` (default: ``SHORT_FRACTION`` of the full
-    run's epochs, ``epochs`` or else ``template_epochs``, the template's own). Raises :class:`InputError`
-    (``--proxy_epochs``) when short training would not be shorter or its length is unknown.
-    """
-    from proxy_bundle.hpo.runners import Fidelity
-
-    full = Fidelity("full", epochs=epochs)
-    p_epochs = proxy_epochs if proxy_epochs is not None else epochs
-    if proxy == "none":
-        return full, full
-    if proxy == "short":
-        n_full = epochs if epochs is not None else template_epochs
-        if proxy_epochs is None:
-            if n_full is None:
-                raise InputError("--proxy short needs --proxy_epochs (or --epochs): the template's number of "
-                                 "epochs could not be read", where="--proxy_epochs")
-            p_epochs = max(1, round(int(n_full) * SHORT_FRACTION))
-        if n_full is not None and p_epochs >= int(n_full):
-            raise InputError(f"short training must be shorter than the full run's {n_full} epochs, got {p_epochs}",
-                             where="--proxy_epochs")
-        return Fidelity("proxy-short", epochs=int(p_epochs)), full
-    use_data, use_net = proxy in ("data", "both"), proxy in ("network", "both")
-    return Fidelity(f"proxy-{proxy}", datalist=datalist if use_data else None,
-                    width=width if use_net else 1.0, blocks=blocks if use_net else 1.0,
-                    levels=levels if use_net else None, epochs=p_epochs), full
-
-
 def _positive(value: Any, name: str, *, integer: bool = False, upper: float | None = None,
               allow_none: bool = False) -> Any:
     if value is None and allow_none:
@@ -258,7 +228,7 @@ def _positive(value: Any, name: str, *, integer: bool = False, upper: float | No
 
 
 # ---------------------------------------------------------------------------------------------- command
-def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, proxy: ProxyMode = "both",
+def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, proxy: ProxyMode = PROXY_MODE,
         data_fraction: float = DATA_FRACTION, width: float = PROXY_WIDTH, blocks: float = PROXY_BLOCKS,
         levels: int | None = None, top_k: int = TOP_K, storage: str | None = None, pruner: str = "none", search_space: str | None = None,
         seed: int = 0, epochs: int | None = None, proxy_epochs: int | None = None, study_name: str | None = None,
