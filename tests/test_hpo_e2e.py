@@ -118,7 +118,7 @@ def test_hpo_rerun_is_a_noop_and_cli_errors_are_one_line(searched: Path, capsys,
     ]
     for extra, needle in cases:
         with pytest.raises(SystemExit) as exit_info:
-            main(["hpo", "--work_dir", str(work), *extra])
+            main(["hpo", "--work_dir", str(work), *(["--proxy", "both"] if "--proxy" not in extra else []), *extra])
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and needle in err and "\n" not in err, err
