@@ -29,8 +29,9 @@ test: venv services
 # proxy data, top 2 retrained on all the data) -> the template's default configuration trained as a baseline ->
 # winner and baseline scored on the validation fold and the external site. 12 epochs of 32^3 volumes: about 60
 # optimiser steps per full trial, enough for rising learning curves on 2 CPU cores. The network is already 8
-# filters wide for CPU; a proxy network of it (4 filters) is still learning the background after 12 epochs, so the
-# demo uses proxy data only. Re-running resumes; `make clean` starts over.
+# filters wide for CPU; a proxy network of it (4 filters) is still learning the background after 12 epochs, and so
+# is short training (hpo's default method: 3 of the 12 epochs scored Dice 0 for all 6 trials here), so the demo
+# uses proxy data only. Re-running resumes; `make clean` starts over.
 # The phantoms are generated once: regenerating them would change the files under a finished search,
 # which `hpo` then refuses to resume (its study is keyed to the input files); phantom_meta.json is written last.
 $(DEMO_DIR)/spleen_ct/phantom_meta.json: | venv
