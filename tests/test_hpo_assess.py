@@ -83,6 +83,13 @@ def test_speedup_note_and_warnings():
     assert beaten == ["the template's default configuration scores higher than the search winner on the validation "
                       "fold (0.7300 vs 0.7200): this search found nothing better than the defaults"]
     assert warnings_for(_summary(1.5), 0.05, {"best": {"validation": 0.74}, "default": {"validation": 0.73}}) == []
+    flat = {**_summary(1.5), "trials": [{"phase": 1, "score": 0.0}, {"phase": 1, "score": 0.0},
+                                        {"phase": 1, "score": None}, {"phase": 2, "score": 0.7}]}
+    assert warnings_for(flat, 0.05, {}) == [
+        "every phase-1 trial scored the same (0.0000): the proxy ranked nothing and phase 2 retrained an arbitrary "
+        "top-k; give the proxy more training (--proxy_epochs, --width, --data_fraction)"]
+    flat["trials"][0]["score"] = 0.1
+    assert warnings_for(flat, 0.05, {}) == []
 
 
 def test_startup_overhead_and_template_values(tmp_path):

@@ -67,7 +67,8 @@ def speedup_note(summary: Mapping[str, Any], overhead: tuple[float, float] | Non
 
 def warnings_for(summary: Mapping[str, Any], trivial: float | None,
                  scores: Mapping[str, Mapping[str, float]]) -> list[str]:
-    """Warnings about results that mean little: near the trivial score, or a proxy search slower than a full one."""
+    """Warnings about results that mean little: near the trivial score, a proxy search slower than a full one, a
+    proxy that ranked nothing (every phase-1 score equal) or ranked the retrained configurations backwards."""
     out = []
     best = summary["best"]["score"]
     if trivial is not None and best is not None and best < trivial + TRIVIAL_MARGIN:
@@ -86,6 +87,12 @@ def warnings_for(summary: Mapping[str, Any], trivial: float | None,
     if summary.get("proxy") != "none" and sp.get("speedup") is not None and sp["speedup"] < 1.0:
         out.append(f"the proxy search cost more than a full-fidelity search would ({sp['speedup']:.2f}x): at this "
                    "scale the proxy saves less than phase 2 costs; use fewer --top_k or a smaller proxy")
+    proxy_scores = [t["score"] for t in summary.get("trials", [])
+                    if t.get("phase") == 1 and t.get("score") is not None]
+    if summary.get("proxy") != "none" and len(proxy_scores) >= 2 and max(proxy_scores) == min(proxy_scores):
+        out.append(f"every phase-1 trial scored the same ({proxy_scores[0]:.4f}): the proxy ranked nothing and phase 2 "
+                   "retrained an arbitrary top-k; give the proxy more training (--proxy_epochs, --width, "
+                   "--data_fraction)")
     pv = summary.get("proxy_vs_full") or {}
     if pv.get("spearman") is not None and pv["spearman"] < 0:
         out.append(f"proxy and full scores rank the retrained configurations in opposite order (Spearman "
