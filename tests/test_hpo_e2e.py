@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from proxy_bundle.cli import main
+from proxy_bundle.defaults import PROXY_WIDTH
 from proxy_bundle.hpo.space import default_space
 
 # Tiny trainings: the whole phantom fits one patch; a small full network keeps the phase-2 trial short.
@@ -189,7 +190,7 @@ def test_proxy_optuna_gen_as_in_monai_tutorial(searched: Path, tmp_path):
     assert first.user_attrs["fidelity"]["name"] == "proxy-both"
     cfg = yaml.safe_load((Path(first.user_attrs["trial_dir"]) / "proxyseg" / "configs" /
                           "hyper_parameters.yaml").read_text())
-    assert cfg["proxy"]["enabled"] is True and cfg["proxy"]["width"] == 0.25
+    assert cfg["proxy"]["enabled"] is True and cfg["proxy"]["width"] == PROXY_WIDTH
     assert cfg["network"]["init_filters"] == 8 and cfg["num_epochs"] == 2
     assert set(first.params) == {p.name for p in default_space()}
     # MONAI's own serialisation round-trips the trained algo with its score.

@@ -112,6 +112,10 @@ def test_tiny_study_end_to_end_and_resume(spleen_phantom, tmp_path, monkeypatch,
     out = capsys.readouterr().out
     assert "6 runs (0 stored, 6 to train)" in out and "table" in out and (w / "report.md").is_file()
     assert not list((w / "runs").glob("*/*.json"))
+    # what a stopped run may leave behind: the next invocation trains it afresh, not from this
+    stale = w / "trials" / "reference" / "c00" / "model"
+    stale.mkdir(parents=True, exist_ok=True)
+    (stale / "progress.yaml").write_text("- {epoch: 1, avg_dice_score: 0.99, best_avg_dice_score: 0.99, cpu_s: 999}\n")
     study(**kwargs)
     out = capsys.readouterr().out
     assert "6 runs (0 stored, 6 to train)" in out

@@ -70,6 +70,9 @@ def train_and_score(
     configuration, e.g. a diverging learning rate, does not stop a study.
     """
     trial_dir = Path(trial_dir)
+    # A run stopped earlier (--max_minutes, Ctrl-C) left a checkpoint the runner would resume from; a study run
+    # starts afresh, so that its cost and per-epoch curve come from one uninterrupted training.
+    clean_trial(trial_dir)
     params = dict(config.params)
     if train_seed is not None:
         params["seed"] = int(train_seed)
@@ -168,5 +171,5 @@ def _timing(path: Path) -> dict[str, Any]:
 
 
 def clean_trial(trial_dir: str | Path) -> None:
-    """Remove a trial directory (used when a stale run is retrained)."""
+    """Remove a trial directory (a run is always trained from scratch)."""
     shutil.rmtree(trial_dir, ignore_errors=True)
