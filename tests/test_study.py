@@ -112,10 +112,6 @@ def test_tiny_study_end_to_end_and_resume(spleen_phantom, tmp_path, monkeypatch,
     out = capsys.readouterr().out
     assert "6 runs (0 stored, 6 to train)" in out and "table" in out and (w / "report.md").is_file()
     assert not list((w / "runs").glob("*/*.json"))
-    # what a stopped run may leave behind: the next invocation trains it afresh, not from this
-    stale = w / "trials" / "reference" / "c00" / "model"
-    stale.mkdir(parents=True, exist_ok=True)
-    (stale / "progress.yaml").write_text("- {epoch: 1, avg_dice_score: 0.99, best_avg_dice_score: 0.99, cpu_s: 999}\n")
     study(**kwargs)
     out = capsys.readouterr().out
     assert "6 runs (0 stored, 6 to train)" in out
@@ -172,6 +168,29 @@ def test_study_slots_one_run_per_gpu_and_cores_on_cpu(monkeypatch):
     for bad in (0, "two", True, -1):
         with pytest.raises(InputError, match="auto or a positive integer"):
             workers.study_slots(["cpu"], bad, threads=1)
+
+
+def test_a_stopped_run_is_trained_afresh(tmp_path):
+    """A checkpoint left by a run that --max_minutes or Ctrl-C stopped is not resumed: a study run's cost and
+    curve must come from one uninterrupted training."""
+    from pathlib import Path
+
+    from proxy_bundle.hpo.runners import Fidelity, TrialFailed
+    from proxy_bundle.study.plan import Config
+    from proxy_bundle.study.runner import train_and_score
+
+    trial = tmp_path / "trials" / "reference" / "c00"
+    (trial / "model").mkdir(parents=True)
+    (trial / "model" / "last.pt").write_bytes(b"checkpoint of a stopped run")
+    seen = []
+
+    class Runner:
+        def run(self, params, fidelity, trial_dir, report):
+            seen.append(sorted(p.name for p in Path(trial_dir).rglob("*")))
+            raise TrialFailed("stop here")
+
+    rec = train_and_score(Runner(), None, Config("c00", {"learning_rate": 1e-3}), Fidelity(), trial, {})
+    assert rec["status"] == "failed" and seen == [[]]
 
 
 def test_invocations_add_up_in_the_report():
