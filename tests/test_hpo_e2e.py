@@ -140,8 +140,9 @@ def test_short_training_as_the_proxy(searched: Path, capsys):
     args = ["hpo", "--work_dir", str(work), "--n_trials", "2", "--top_k", "1", "--proxy", "short", "--seed", "3",
             "--overrides", json.dumps(TINY), "--progress", "False", "--default_trial", "False"]
     for extra, needle in [(["--epochs", "2", "--proxy_epochs", "2"],
-                           "--proxy_epochs: short training must be shorter than the full run's 2 epochs, got 2"),
-                          (["--epochs", "1"], "short training must be shorter than the full run's 1 epochs, got 1")]:
+                           "--proxy_epochs: short training must be shorter than the full run (2 epochs), got 2"),
+                          (["--epochs", "1"],
+                           "--epochs: --proxy short needs a full run of at least 2 epochs to shorten, got 1")]:
         with pytest.raises(SystemExit) as exit_info:
             main([*args, *extra])
         assert exit_info.value.code == 2 and needle in capsys.readouterr().err
@@ -155,7 +156,8 @@ def test_short_training_as_the_proxy(searched: Path, capsys):
         assert t["fidelity"]["width"] == 1.0 and t["fidelity"]["datalist"] is None
         assert [s["epoch"] for s in t["scores"]] == [1]
     assert p2[0]["fidelity"]["epochs"] == 2 and [s["epoch"] for s in p2[0]["scores"]] == [1, 2]
-    assert "then top 1 at full fidelity" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 trial(s) at proxy-short (1 epoch), then top 1 at full fidelity (2 epochs)" in out
 
 
 def test_proxy_optuna_gen_as_in_monai_tutorial(searched: Path, tmp_path):

@@ -49,7 +49,9 @@ def speedup_note(summary: Mapping[str, Any], overhead: tuple[float, float] | Non
     n = int((summary.get("config") or {}).get("n_trials", 0))
     p1 = summary["phases"]["phase1"]["compute_s"]
     p2 = (summary["phases"].get("phase2") or {}).get("compute_s", 0.0)
-    text = (f"the proxy search trained {n} configurations in {p1:.0f} s of compute (phase 1) and retrained the best "
+    k = int((summary.get("config") or {}).get("top_k", 1) or 1)
+    best = "the best" if k == 1 else f"the top {k}"
+    text = (f"the proxy search trained {n} configurations in {p1:.0f} s of compute (phase 1) and retrained {best} "
             f"at full fidelity in {p2:.0f} s; training all {n} at full fidelity would take about "
             f"{sp['full_fidelity_search_s']:.0f} s ({sp['kind']}), hence {sp['speedup']:.2f}x.")
     if overhead is not None:
@@ -72,12 +74,13 @@ def warnings_for(summary: Mapping[str, Any], trivial: float | None,
     out = []
     best = summary["best"]["score"]
     if trivial is not None and best is not None and best < trivial + TRIVIAL_MARGIN:
-        out.append(f"the best validation Dice {best:.3f} is near the trivial score {trivial:.3f} (one class on every "
+        out.append(f"the best validation Dice {best:.3f} is at or near the trivial score {trivial:.3f} (one class on every "
                    "voxel): the trials did not learn; train longer (--epochs) or check the learning rate range")
     for name, by_set in scores.items():
         ext = by_set.get("external")
         if trivial is not None and ext is not None and ext == ext and ext < trivial + TRIVIAL_MARGIN and name == "best":
-            out.append(f"the winner's external-set Dice {ext:.3f} is near the trivial score: it does not generalise")
+            out.append(f"the winner's external-set Dice {ext:.3f} is at or near the trivial score: it does not "
+                       "generalise")
     best_val = (scores.get("best") or {}).get("validation")
     default_val = (scores.get("default") or {}).get("validation")
     if best_val is not None and default_val is not None and default_val > best_val:
@@ -112,6 +115,8 @@ def assess(summary: Mapping[str, Any], cfg: Mapping[str, Any], fold: int, *, run
     trivial = heldout.trivial_dice(val_cases)
     default = None
     if default_trial and runner is not None and full_fidelity is not None:
+        print("hpo: training the template's default configuration at full fidelity (the baseline the winner is "
+              "scored against; --default_trial false skips it)", flush=True)
         default = heldout.run_default_trial(runner, full_fidelity, out_dir, searched)
     best = summary["best"]
     models = {"best": (best.get("bundle_dir"), best.get("model_path"))}

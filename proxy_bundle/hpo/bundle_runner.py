@@ -97,7 +97,7 @@ def proxy_fidelity(mode: str, *, epochs: int, datalist: str | None = None, width
     from proxy_bundle.hpo.fidelities import build_fidelities
 
     return build_fidelities(str(mode).lower(), datalist, float(width), float(blocks), levels, int(epochs), proxy_epochs,
-                            where=("configs/hpo.json: hpo#proxy_mode", "configs/hpo.json: hpo#proxy_epochs"))[0]
+                            where=("configs/hpo.json: hpo#proxy_mode", "configs/hpo.json: hpo#proxy_epochs", "epochs"))[0]
 
 
 class BundleRunner:

@@ -283,8 +283,9 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
             (the parent's CUDA_VISIBLE_DEVICES is respected). One long-lived worker process per device and lane
             trains trial after trial.
         trials_per_device: proxy trials trained at once on one GPU; auto measures it (aggregate steps/s and memory
-            of 1, 2, 4, 8 concurrent trainings, about --probe_s seconds each) and uses 1 on the CPU. Full-fidelity
-            trials always get a device each.
+            of 1, 2, 4, 8 concurrent trainings, about --probe_s seconds each). Trials of the full-size network
+            (full fidelity, short training) always get a GPU each. On the CPU: trials trained side by side, each
+            using all cores (auto: 1).
         timeout: seconds for the whole search: no phase-1 trial starts after it; phase 2 then retrains the top-k
             of the trials that completed. Re-running the command continues the search.
         val_every: validate every this many epochs and after the last; auto: about 5 validations per trial when
@@ -391,8 +392,8 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
             # The template's own algo.py runs here (fill_template_config): it needs its CPU fallbacks too.
             adapter.patch_for_cpu(tpl / algo)
     identity["template"] = template_identity(tpl / algo)  # as installed (and patched): what trains
+    t_epochs = None
     if proxy == "short":
-        t_epochs = None
         if epochs is None and proxy_epochs is None:
             t_epochs = AlgoRunner.from_templates(tpl, algo, work, stats, input_file, fold=fold).default_epochs(
                 hpo_dir / ".template_epochs")
@@ -433,7 +434,11 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         if on_gpu and packable and todo and adapter is None:
             trials_per_device = _probe(tpl, algo, work, stats, input_file, fold, base, phase1_fid, device_list[0],
                                        Path(config.out_dir) / "probe", probe_s)
-    slots = plan_workers(device_list, int(trials_per_device), packable=packable)
+    # On the CPU an explicit N is N trials side by side; on a GPU only proxy trials share a device.
+    slots = plan_workers(device_list, int(trials_per_device), packable=packable or not on_gpu)
+    if on_gpu and not packable and int(trials_per_device) > 1:
+        print(f"hpo: phase-1 trials at {phase1_fid.name} train the full-size network, so each gets a GPU to itself "
+              f"(--trials_per_device {trials_per_device} applies to proxy networks and proxy data)")
     if "num_workers" not in base and not (adapter is not None and str(num_workers).lower() == "auto"):
         # MONAI's templates keep their own DataLoader workers unless --num_workers is given (swinunetr and dints
         # need at least one: persistent workers).
@@ -446,8 +451,13 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
     runner_spec = {"templates": str(tpl), "algo": algo, "work_dir": str(work), "datastats": str(stats),
                    "input_file": str(input_file), "fold": int(fold), "base_overrides": base,
                    "timeout_s": trial_timeout, "kind": "process" if per_trial_process else "in-process"}
-    print(f"hpo: study {name!r} in {mask_url(url)}: {n_trials} trial(s) at {phase1_fid.name}"
-          + (f", then top {top_k} at full fidelity" if config.two_phase else "")
+    def _epochs(fid: Any) -> str:
+        if fid.epochs is not None:
+            return f" ({fid.epochs} epoch{'s' if fid.epochs != 1 else ''})"
+        return f" ({t_epochs} epochs, the template's)" if t_epochs else " (the template's epochs)"
+
+    print(f"hpo: study {name!r} in {mask_url(url)}: {n_trials} trial(s) at {phase1_fid.name}{_epochs(phase1_fid)}"
+          + (f", then top {top_k} at full fidelity{_epochs(full_fid)}" if config.two_phase else "")
           + f"; {len(slots)} worker(s) on {', '.join(sorted({s.label.rsplit('.', 1)[0] for s in slots}))}"
           + (f" ({trials_per_device} per GPU)" if on_gpu and packable else ""))
     t0 = time.time()

@@ -12,12 +12,14 @@ __all__ = ["build_fidelities"]
 
 def build_fidelities(proxy: str, datalist: str | None, width: float, blocks: float, levels: int | None,
                      epochs: int | None, proxy_epochs: int | None, template_epochs: int | None = None,
-                     where: tuple[str, str] = ("--proxy", "--proxy_epochs")) -> tuple[Fidelity, Fidelity]:
+                     where: tuple[str, str, str] = ("--proxy", "--proxy_epochs", "--epochs"),
+                     ) -> tuple[Fidelity, Fidelity]:
     """(phase-1 fidelity, full fidelity) for a ``--proxy`` mode.
 
     ``proxy``: none, data (``datalist``: the proxy datalist), network (``width``/``blocks``/``levels``), both, or
     short: the full data and network for ``proxy_epochs`` (default: ``SHORT_FRACTION`` of the full run's epochs,
-    ``epochs`` or else ``template_epochs``, the template's own). ``where`` names the setting in errors. Raises
+    ``epochs`` or else ``template_epochs``, the template's own). ``where`` names the settings in errors (mode,
+    proxy epochs, epochs). Raises
     :class:`InputError` for an unknown mode, or when short training would not be shorter or its length is unknown.
     """
     if proxy not in PROXY_MODES:
@@ -34,7 +36,10 @@ def build_fidelities(proxy: str, datalist: str | None, width: float, blocks: flo
                                  "epochs could not be read", where=where[1])
             p_epochs = max(1, round(int(n_full) * SHORT_FRACTION))
         if n_full is not None and p_epochs >= int(n_full):
-            raise InputError(f"short training must be shorter than the full run's {n_full} epochs, got {p_epochs}",
+            if proxy_epochs is None:
+                raise InputError(f"--proxy short needs a full run of at least 2 epochs to shorten, got {n_full}",
+                                 where=where[2] if epochs is not None else where[1])
+            raise InputError(f"short training must be shorter than the full run ({n_full} epochs), got {p_epochs}",
                              where=where[1])
         return Fidelity("proxy-short", epochs=int(p_epochs)), full
     use_data, use_net = proxy in ("data", "both"), proxy in ("network", "both")

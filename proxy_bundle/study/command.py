@@ -66,7 +66,7 @@ def study(
     """Build a tabular benchmark of K configurations x every fidelity and replay search methods from it.
 
     Samples N_CONFIGS configurations from the search space and trains each one at every variant (see
-    :mod:`proxy_bundle.study.plan`): the reference, its repeat with another training seed (the noise ceiling),
+    proxy_bundle.study.plan): the reference, its repeat with another training seed (the noise ceiling),
     the proxy network at each width, proxy data per metric-strategy pair, random subsets, both proxies and
     shorter training. Every run's per-epoch validation curve and load-independent cost are stored; the table
     (one JSON line per run) is imported from and exported to TABLE, so a study resumes and extends across
