@@ -68,6 +68,13 @@ def test_segresnet_proxy_search_trains_each_fidelity(segresnet_search):
     assert [s["epoch"] for s in p1[0]["scores"]] == [1]
     assert set(p1[0]["params"]) == {"learning_rate", "optimizer#weight_decay"}
     assert full_cfg["learning_rate"] == pytest.approx(p2[0]["params"]["learning_rate"])
+    # --proxy short (hpo's default) reads the template's own epoch count when --epochs is not given
+    from proxy_bundle.hpo.runners import AlgoRunner
+
+    runner = AlgoRunner.from_templates(work / "algorithm_templates", "segresnet", work, work / "datastats.yaml",
+                                       work / "input.yaml")
+    epochs = runner.default_epochs(work / "scratch")
+    assert isinstance(epochs, int) and epochs > 1 and not (work / "scratch").exists()
 
 
 def test_final_result_is_on_the_main_study(segresnet_search):
