@@ -7,6 +7,7 @@ when ``W/datastats.yaml`` is missing, build (or reuse) the proxy datalist, then 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -475,6 +476,8 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
     # Everything is trained by now; this pass collects the result (and trains whatever workers left undone).
     runner = (AlgoRunner if per_trial_process else InProcessAlgoRunner).from_templates(
         tpl, algo, work, stats, input_file, fold=fold, base_overrides=base, timeout_s=trial_timeout)
+    if checker.finished():  # nothing left to train: no progress bars that fill at once
+        config = dataclasses.replace(config, progress_bar=False)
     summary = run_search(config, runner, url, proxy_mode=proxy, baseline=baseline, latest_dir=hpo_dir,
                          extra={"devices": {"workers": workers["workers"], "trials_per_device": int(trials_per_device),
                                             "devices": device_list, "num_workers": base.get("num_workers")}})

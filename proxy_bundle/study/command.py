@@ -234,7 +234,7 @@ def study(
 
     deadline = t_start + 60.0 * float(max_minutes) if max_minutes is not None else None
     walls: list[float] = []
-    bar = tqdm(total=len(todo), desc="study", unit="run", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(todo), desc="study", unit="run", disable=not progress or not todo, dynamic_ncols=True)
     try:
         if todo:
             walls = _train_all(todo, slots, runner_spec, threads, w, sets, keep_checkpoints, store, deadline, bar)
