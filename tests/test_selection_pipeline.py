@@ -238,3 +238,26 @@ def test_cli_select_runs(spleen_phantom: Path, tmp_path: Path, capsys):
         main(["analyze", "--input", str(tmp_path / "missing.yaml"), "--work_dir", str(tmp_path / "w")])
     assert exc.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.yaml'}: input config not found"
+
+
+def test_analyze_without_selection_then_with_it(spleen_phantom: Path, tmp_path: Path, capsys):
+    """select=False (a search on no proxy data): the analysis alone, keyed to the input; selecting later reuses it."""
+    from monai.bundle import ConfigParser
+
+    from proxy_bundle.inputs import datastats_fingerprint
+    from proxy_bundle.selection.analyzer import analyze
+
+    cfg = tmp_path / "input.yaml"
+    cfg.write_text(f"modality: CT\ndataroot: {spleen_phantom}\ndatalist: {spleen_phantom / 'datalist.json'}\n")
+    work = tmp_path / "work"
+    analyze(str(cfg), str(work), select=False, **FAST)
+    assert "no proxy-data selection" in capsys.readouterr().out
+    stats = ConfigParser.load_config_file(str(work / "datastats.yaml"))
+    assert stats["stats_summary"]["n_cases"] == 8 and "proxy_data" not in stats
+    assert datastats_fingerprint(work / "datastats.yaml") and not (work / "proxy_datalist.json").exists()
+    assert ConfigParser.load_config_file(str(work / "cache.yaml"))["analyze"] is True
+
+    analyze(str(cfg), str(work), count=2, **FAST)
+    assert "reusing" in capsys.readouterr().out
+    again = ConfigParser.load_config_file(str(work / "datastats.yaml"))
+    assert again["proxy_data"]["n_selected"] == 2 and again["stats_summary"] == stats["stats_summary"]

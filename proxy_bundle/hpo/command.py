@@ -110,9 +110,10 @@ def _call_with_accepted(fn: Any, **kwargs: Any) -> Any:
 
 def ensure_analysis(input_file: Path, cfg: Mapping, work_dir: Path, *, fraction: float, fold: int, seed: int,
                     metric: str, mode: str, strategy: str, progress: bool = True,
-                    fingerprint: str | None = None) -> Path:
-    """``W/datastats.yaml``, made by the ``analyze`` command (DataAnalyzer + proxy selection) unless it exists
-    and was made from the same input (``fingerprint``, see :mod:`proxy_bundle.inputs`)."""
+                    fingerprint: str | None = None, select: bool = True) -> Path:
+    """``W/datastats.yaml``, made by the ``analyze`` command (DataAnalyzer + proxy selection, the latter only when
+    ``select``: a search on no proxy data skips it) unless it exists and was made from the same input
+    (``fingerprint``, see :mod:`proxy_bundle.inputs`)."""
     from proxy_bundle.inputs import datastats_fingerprint
 
     stats = work_dir / "datastats.yaml"
@@ -133,7 +134,7 @@ def ensure_analysis(input_file: Path, cfg: Mapping, work_dir: Path, *, fraction:
             print(f"hpo: {stats} missing: running the data analysis (analyze)")
         _call_with_accepted(analyze, input=str(input_file), work_dir=str(work_dir), data_fraction=fraction,
                             fold=fold, seed=seed, similarity=metric, mode=mode, strategy=strategy,
-                            progress=progress, reanalyze=stats.is_file())
+                            progress=progress, reanalyze=stats.is_file(), select=select)
     else:
         from monai.apps.auto3dseg import DataAnalyzer
 
@@ -377,7 +378,8 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         write_yaml(input_file, cfg)
 
     stats = ensure_analysis(input_file, cfg, work, fraction=data_fraction, fold=fold, seed=seed, metric=similarity,
-                            mode=mode, strategy=strategy, progress=bool(progress), fingerprint=source.fingerprint)
+                            mode=mode, strategy=strategy, progress=bool(progress), fingerprint=source.fingerprint,
+                            select=proxy in ("data", "both"))
     datalist = None
     if proxy in ("data", "both"):
         datalist = proxy_datalist(cfg, work, stats, fraction=data_fraction, fold=fold, seed=seed, metric=similarity,

@@ -273,6 +273,18 @@ def merge_proxy_data(datastats: str | os.PathLike, by_case: str | os.PathLike, s
     write_yaml(ds_path, _plain(stats))
 
 
+def stamp_fingerprint(datastats: str | os.PathLike, fingerprint: str) -> None:
+    """Record the input ``fingerprint`` in a DataAnalyzer output (atomically), as :func:`merge_proxy_data` does."""
+    from proxy_bundle.atomic import write_yaml
+    from proxy_bundle.inputs import FINGERPRINT_KEY
+
+    stats = _load_yaml(Path(datastats))
+    if not isinstance(stats, dict):
+        raise InputError("not a DataAnalyzer output (expected a mapping)", where=str(datastats))
+    stats[FINGERPRINT_KEY] = fingerprint
+    write_yaml(Path(datastats), _plain(stats))
+
+
 def _plain(obj: Any) -> Any:
     """YAML-safe values (DataAnalyzer output is already plain; numpy scalars may come from the selection)."""
     if isinstance(obj, dict):
@@ -341,6 +353,7 @@ def analyze(
     reanalyze: bool = False,
     progress: bool = True,
     report: bool = True,
+    select: bool = True,
 ) -> None:
     """Auto3DSeg data analysis plus proxy-data selection, merged into ``WORK_DIR/datastats.yaml``.
 
@@ -376,6 +389,8 @@ def analyze(
         reanalyze: run DataAnalyzer even when its output is already there.
         progress: show progress bars.
         report: write the selection report (Markdown + figures) into ``<proxy datalist stem>_report/``.
+        select: also select the proxy subset (False: the data analysis alone, keyed to the input like a full one,
+            e.g. for a search that trains on no proxy data; a later call with True adds the selection).
     """
     from proxy_bundle.atomic import ensure_dir
     from proxy_bundle.inputs import datastats_fingerprint, prepare_source
@@ -418,6 +433,18 @@ def analyze(
         tmp = _run_data_analyzer(source.datalist, dataroot, work, dev, int(num_workers))
     else:
         print(f"reusing {datastats} (DataAnalyzer output for the same input)")
+
+    if not select:
+        try:
+            if tmp is not None:
+                stamp_fingerprint(tmp / "datastats.yaml", source.fingerprint)
+                _install(tmp, work)
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+        _mark_cache(work, datastats)
+        print(f"wrote {datastats} and {by_case} (no proxy-data selection: not needed here)")
+        return
 
     try:
         selection = run_selection(
