@@ -217,6 +217,11 @@ def test_study_without_external_set_uses_the_validation_fold_only(spleen_phantom
           variants="network", train=False, progress=False, replay_seeds=5, bootstrap=5)
     out = capsys.readouterr().out
     assert "no external.json: agreement is measured on validation fold 0 only" in out
+    # two short budgets that round to one run length at 2 epochs are said to be one variant
+    study(task="spleen_ct", work_dir=str(w), dataset=str(data), n_configs=3, epochs=2, variants="short",
+          train=False, progress=False, replay_seeds=5, bootstrap=5)
+    assert "study: short budgets 0.25, 0.5 of 2 epochs give 1 distinct run length(s) (short-e1)" in \
+        capsys.readouterr().out
     results = json.loads((w / "results.json").read_text())
     assert results["meta"]["n_ext"] == 0 and results["analysis"]["sets"] == ["val"]
     assert "**No external set**" in (w / "report.md").read_text()

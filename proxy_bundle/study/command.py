@@ -159,6 +159,11 @@ def study(
         both_width=both_width, both_data=both_data, short_budgets=_floats(short_budgets, "short_budgets"),
         include=_names(variants, "variants") if variants else None,
     )
+    budgets = _floats(short_budgets, "short_budgets")
+    shorts = [v.name for v in plan if v.family == "short"]
+    if (variants is None or "short" in _names(variants, "variants")) and len(shorts) < len(budgets):
+        print(f"study: short budgets {', '.join(f'{b:g}' for b in budgets)} of {epochs} epochs give "
+              f"{len(shorts)} distinct run length(s) ({', '.join(shorts) or 'none shorter than the reference'})")
     if max_minutes is not None and float(max_minutes) <= 0:
         raise InputError(f"max_minutes must be > 0, got {max_minutes}", where="study --max_minutes")
     if roi is not None and int(roi) < 8:
