@@ -72,3 +72,9 @@ def test_watcher_prints_the_trials_workers_finish_once(tmp_path):
     StudyWatcher(open_storage(url), "toy", fidelities={1: cfg.proxy, 2: cfg.full}, n_trials=2, progress_bar=False,
                  stream=later).close()
     assert later.getvalue() == ""  # a resumed search does not repeat what was already shown
+    # the bar follows phase 2 as soon as it has a trial, sized to the top-k
+    barred = StudyWatcher(open_storage(url), "toy", fidelities={1: cfg.proxy, 2: cfg.full}, n_trials=2, top_k=1,
+                          stream=io.StringIO())
+    barred.poll()
+    assert barred._phase == 2 and barred.console.bar.total == 1
+    barred.close()

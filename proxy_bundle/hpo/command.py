@@ -469,6 +469,7 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
         from proxy_bundle.hpo.console import StudyWatcher
 
         watcher = StudyWatcher(checker.storage, name, fidelities={1: phase1_fid, 2: full_fid}, n_trials=n_trials,
+                               top_k=top_k if config.two_phase else None,
                                progress_bar=bool(progress))
         try:
             workers = run_workers(WorkerSpec(url=url, search=search_dict(config), runner=runner_spec), slots,

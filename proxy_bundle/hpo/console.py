@@ -85,13 +85,14 @@ class StudyWatcher:
     """
 
     def __init__(self, storage: Any, study_name: str, *, fidelities: dict[int, Any], n_trials: int,
-                 progress_bar: bool = True, stream: TextIO | None = None) -> None:
+                 top_k: int | None = None, progress_bar: bool = True, stream: TextIO | None = None) -> None:
         from proxy_bundle.hpo.engine import phase2_name
 
         self.storage = storage
         self.names = {1: study_name, 2: phase2_name(study_name)}
         self.fidelities = fidelities
         self.n_trials = int(n_trials)
+        self.top_k = None if top_k is None else int(top_k)
         self.console = SearchConsole(stream)
         self.progress_bar = progress_bar
         self._seen: set[tuple[int, int]] = set()
@@ -150,9 +151,11 @@ class StudyWatcher:
         if self.console.bar is None and self.progress_bar:
             self._open_bar(1, self.n_trials)
         finished = self._finished()
-        if any(p == 2 for p, _ in finished) and self._phase == 1:
-            self._phase = 2
-            self._open_bar(2, len({t.number for t in self._trials(2)}))
+        if self._phase == 1:
+            phase2 = self._trials(2)
+            if phase2:  # phase 2 has started: its bar replaces phase 1's at once, not when its first trial ends
+                self._phase = 2
+                self._open_bar(2, max(self.top_k or 0, len({t.number for t in phase2})))
         for phase, t in sorted(finished, key=lambda pt: (pt[0], pt[1].number)):
             if (phase, t.number) in self._seen:
                 continue
