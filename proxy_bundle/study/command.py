@@ -359,8 +359,8 @@ def _train_all(todo: list, slots: Sequence[Any], runner_spec: dict, threads: int
                         if workers.stop.is_set():
                             continue
                         print(f"study: a worker process died while training {c.id} {v.name} (see "
-                              f"{w / 'trials' / v.name / c.id / 'train.log'}); the runs stored so far are kept, "
-                              f"the same command resumes", flush=True)
+                              f"{w / 'workers'}/worker-*.log and {w / 'trials' / v.name / c.id / 'train.log'}); "
+                              f"the runs stored so far are kept, the same command resumes", flush=True)
                         workers.stop.set()
                         pending = []
                         continue
