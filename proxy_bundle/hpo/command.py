@@ -22,8 +22,8 @@ import yaml
 
 from proxy_bundle.atomic import ensure_dir, write_json, write_yaml
 from proxy_bundle.defaults import DATA_FRACTION, PROXY_BLOCKS, PROXY_MODE, PROXY_WIDTH, TOP_K
-from proxy_bundle.hpo.fidelities import build_fidelities
 from proxy_bundle.errors import InputError
+from proxy_bundle.hpo.fidelities import build_fidelities
 from proxy_bundle.options import PROXY_MODES, ProxyMode, SelectionMode, Similarity, Strategy
 
 __all__ = ["build_fidelities", "ensure_analysis", "hpo", "load_input", "proxy_datalist", "templates_dir"]
@@ -384,9 +384,6 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
     if proxy in ("data", "both"):
         datalist = proxy_datalist(cfg, work, stats, fraction=data_fraction, fold=fold, seed=seed, metric=similarity,
                                   mode=mode, strategy=strategy, fingerprint=source.fingerprint)
-    if proxy != "short":  # short training's length may follow from the template's epochs (below)
-        phase1_fid, full_fid = build_fidelities(proxy, datalist, width, blocks, levels, epochs, proxy_epochs)
-
     tpl = _install_templates(templates_dir(templates, work, algo), work, algo)
     if adapter is not None:
         import torch
@@ -396,14 +393,14 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
             adapter.patch_for_cpu(tpl / algo)
     identity["template"] = template_identity(tpl / algo)  # as installed (and patched): what trains
     t_epochs = None
-    if proxy == "short":
-        if epochs is None and proxy_epochs is None:
-            t_epochs = AlgoRunner.from_templates(tpl, algo, work, stats, input_file, fold=fold).default_epochs(
-                hpo_dir / ".template_epochs")
-        phase1_fid, full_fid = build_fidelities(proxy, None, width, blocks, levels, epochs, proxy_epochs, t_epochs)
+    if proxy == "short" and epochs is None and proxy_epochs is None:
+        # Short training is a share of the full run, whose length the template derives from the data.
+        t_epochs = AlgoRunner.from_templates(tpl, algo, work, stats, input_file, fold=fold).default_epochs(
+            hpo_dir / ".template_epochs")
+    phase1_fid, full_fid = build_fidelities(proxy, datalist, width, blocks, levels, epochs, proxy_epochs, t_epochs)
     phase1_fid, full_fid = (with_validation_schedule(phase1_fid, val_every),
                             with_validation_schedule(full_fid, val_every))
-    from proxy_bundle.hpo.devices import cpu_count, dataloader_workers, plan_workers, resolve_devices
+    from proxy_bundle.hpo.devices import cpu_count, dataloader_workers, describe_slots, plan_workers, resolve_devices
     from proxy_bundle.hpo.engine import TwoPhaseSearch
     from proxy_bundle.hpo.inprocess import InProcessAlgoRunner
     from proxy_bundle.hpo.runners import _cuda_count
@@ -461,7 +458,7 @@ def hpo(input: str | None = None, work_dir: str = "work", n_trials: int = 8, pro
 
     print(f"hpo: study {name!r} in {mask_url(url)}: {n_trials} trial(s) at {phase1_fid.name}{_epochs(phase1_fid)}"
           + (f", then top {top_k} at full fidelity{_epochs(full_fid)}" if config.two_phase else "")
-          + f"; {len(slots)} worker(s) on {', '.join(sorted({s.label.rsplit('.', 1)[0] for s in slots}))}"
+          + f"; {describe_slots(slots)}"
           + (f" ({trials_per_device} per GPU)" if on_gpu and packable else ""))
     t0 = time.time()
     workers = {"workers": []}

@@ -16,8 +16,8 @@ from typing import Any, Mapping, Sequence
 
 from proxy_bundle.errors import InputError
 
-__all__ = ["CPU", "WorkerSlot", "algo_device_setting", "cpu_count", "dataloader_workers", "pack_choice",
-           "plan_workers", "resolve_devices", "visible_devices"]
+__all__ = ["CPU", "WorkerSlot", "algo_device_setting", "cpu_count", "dataloader_workers", "describe_slots",
+           "pack_choice", "plan_workers", "resolve_devices", "visible_devices"]
 
 CPU = "cpu"
 ENV = "CUDA_VISIBLE_DEVICES"
@@ -102,6 +102,11 @@ def plan_workers(devices: Sequence[str], trials_per_device: int, *, packable: bo
     (``packable``), else one per device (a full-fidelity trial gets a device of its own)."""
     n = max(1, int(trials_per_device)) if packable else 1
     return [WorkerSlot(d, lane) for d in devices for lane in range(n)]
+
+
+def describe_slots(slots: Sequence[WorkerSlot]) -> str:
+    """``"3 worker(s) on gpu0, gpu1"``: how many workers, on which devices (for the commands' first line)."""
+    return f"{len(slots)} worker(s) on {', '.join(sorted({s.label.rsplit('.', 1)[0] for s in slots}))}"
 
 
 def dataloader_workers(cpu_count: int, concurrent_trials: int, on_gpu: bool) -> int:

@@ -153,13 +153,13 @@ def study(
     if dataset is not None:  # the gate runs before anything is written
         gate_dataset(Path(dataset), Path(work_dir).resolve() / "analysis" / ".validated")
     w = ensure_dir(Path(work_dir).resolve())
+    budgets = _floats(short_budgets, "short_budgets")
     plan = build_variants(
         epochs=int(epochs), fraction=float(data_fraction), proxy_data=_names(proxy_data, "proxy_data"),
         random_seeds=tuple(range(int(random_seeds))), widths=_floats(widths, "widths"),
-        both_width=both_width, both_data=both_data, short_budgets=_floats(short_budgets, "short_budgets"),
+        both_width=both_width, both_data=both_data, short_budgets=budgets,
         include=_names(variants, "variants") if variants else None,
     )
-    budgets = _floats(short_budgets, "short_budgets")
     shorts = [v.name for v in plan if v.family == "short"]
     if (variants is None or "short" in _names(variants, "variants")) and len(shorts) < len(budgets):
         print(f"study: short budgets {', '.join(f'{b:g}' for b in budgets)} of {epochs} epochs give "
@@ -182,7 +182,7 @@ def study(
                              mode) if subset_keys else {}
 
     from proxy_bundle.hpo.command import templates_dir as find_templates
-    from proxy_bundle.hpo.devices import CPU, cpu_count, dataloader_workers
+    from proxy_bundle.hpo.devices import CPU, cpu_count, dataloader_workers, describe_slots
     from proxy_bundle.hpo.runners import AlgoRunner
     from proxy_bundle.study.evaluate import read_cases
     from proxy_bundle.study.runner import fidelity, run_spec
@@ -228,8 +228,7 @@ def study(
     print(f"study: {len(configs)} configurations x {len(plan)} variants = {len(jobs)} runs "
           f"({len(jobs) - len(todo)} stored, {len(todo)} to train) in {w}"
           + (f"; {imported} imported from {table_file}" if imported else "")
-          + (f"; {len(slots)} worker(s) on {', '.join(sorted({s.label.rsplit('.', 1)[0] for s in slots}))}"
-             if todo and train else ""), flush=True)
+          + (f"; {describe_slots(slots)}" if todo and train else ""), flush=True)
     n_stored = len(jobs) - len(todo)
     if not train and todo:
         print(f"study: --train False: {len(todo)} runs left untrained, replaying the stored ones", flush=True)
