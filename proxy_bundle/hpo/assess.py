@@ -74,7 +74,8 @@ def warnings_for(summary: Mapping[str, Any], trivial: float | None,
     out = []
     best = summary["best"]["score"]
     if trivial is not None and best is not None and best < trivial + TRIVIAL_MARGIN:
-        out.append(f"the best validation Dice {best:.3f} is at or near the trivial score {trivial:.3f} (one class on every "
+        out.append(f"the best validation Dice {best:.3f} is at or near the trivial score {trivial:.3f} (one class "
+                   "on every "
                    "voxel): the trials did not learn; train longer (--epochs) or check the learning rate range")
     for name, by_set in scores.items():
         ext = by_set.get("external")

@@ -96,8 +96,9 @@ def proxy_fidelity(mode: str, *, epochs: int, datalist: str | None = None, width
     that is not shorter."""
     from proxy_bundle.hpo.fidelities import build_fidelities
 
+    where = ("configs/hpo.json: hpo#proxy_mode", "configs/hpo.json: hpo#proxy_epochs", "epochs")
     return build_fidelities(str(mode).lower(), datalist, float(width), float(blocks), levels, int(epochs), proxy_epochs,
-                            where=("configs/hpo.json: hpo#proxy_mode", "configs/hpo.json: hpo#proxy_epochs", "epochs"))[0]
+                            where=where)[0]
 
 
 class BundleRunner:
