@@ -400,15 +400,17 @@ class TwoPhaseSearch:
         try:
             # The lock: exactly one worker creates this study and enqueues the plan; the others wait for it.
             lock = optuna.create_study(study_name=f"{name}-plan-{digest}", storage=self.storage, load_if_exists=False)
-            lock.set_user_attr(PLANNER, self.me)
+            # STARTED first: a waiter that sees PLANNER must also see when planning began, or it would take over.
             lock.set_user_attr(STARTED, time.time())
+            lock.set_user_attr(PLANNER, self.me)
         except optuna.exceptions.DuplicatedStudyError:
             lock = optuna.load_study(study_name=f"{name}-plan-{digest}", storage=self.storage)
+            seen = time.time()
             while study.user_attrs.get(PLANNED) != plan:
                 attrs = lock.user_attrs
-                started = float(attrs.get(STARTED, 0.0))
-                if PLANNER in attrs and (_dead_here(attrs[PLANNER], self.me, set(), -1) or
-                                         time.time() - started > c.grace_s):
+                started = float(attrs.get(STARTED, seen))  # absent: the planner has only just begun
+                if (PLANNER in attrs and _dead_here(attrs[PLANNER], self.me, set(), -1)) or \
+                        time.time() - started > c.grace_s:
                     lock.set_user_attr(PLANNER, self.me)  # the planner died: finish its plan
                     break
                 time.sleep(c.poll_s)
